@@ -1,0 +1,50 @@
+# broker-net: every command a developer or CI needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint format typecheck bench broker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev extra.
+
+broker: ## Make sure the local RabbitMQ (with its management API) is up.
+	@bash scripts/ensure-broker.sh
+
+demo: $(STAMP) ## The main job: a federated run end to end (in memory if no broker is reachable).
+	@if bash scripts/ensure-broker.sh --quiet; then \
+		$(BIN)/python -m researcher.demo; \
+	else \
+		echo "No RabbitMQ broker can be reached or started here: running the same story as a simulation on the in-memory transport."; \
+		$(BIN)/python -m researcher.demo --simulate; \
+	fi
+
+test: $(STAMP) broker ## Install, make sure the broker answers, run the whole suite.
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## The suite without the broker tests.
+	$(BIN)/pytest -m "not rabbitmq"
+
+lint: $(STAMP) ## Format check, ruff and mypy.
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP) broker ## Every benchmark, as ratios against a raw aio-pika baseline.
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

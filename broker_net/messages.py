@@ -1,0 +1,444 @@
+"""Typed messages exchanged between researchers and node agents.
+
+Every message is a pydantic model with a ``type`` tag; :data:`AnyMessage` is the discriminated
+union of all of them. Requests carry a ``request_id``; every reply and every
+:class:`ErrorMessage` echoes it, so the researcher can always match an answer to its question.
+Replies also carry the node's own ``received_at`` / ``replied_at`` timestamps, from which the
+researcher derives each node's processing time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from broker_net.version import PROTOCOL_VERSION
+
+
+def new_id(prefix: str) -> str:
+    """Return a fresh unique id such as ``request_3f2a...``."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class ErrorArea(IntEnum):
+    """The area an :class:`ErrorCode` belongs to (its hundreds digit)."""
+
+    PROTOCOL = 1
+    SECURITY = 2
+    NODE = 3
+    TRANSFER = 4
+    RESEARCHER = 5
+
+
+class ErrorCode(IntEnum):
+    """Why a request failed. The hundreds digit is the :class:`ErrorArea`."""
+
+    # 1xx: the message itself
+    PROTOCOL_ERROR = 100
+    MALFORMED_MESSAGE = 101
+    INVALID_MESSAGE = 102
+    UNKNOWN_MESSAGE_TYPE = 103
+    UNSUPPORTED_VERSION = 104
+    MESSAGE_TOO_LARGE = 105
+    # 2xx: authentication and encryption
+    SECURITY_ERROR = 200
+    UNSIGNED_MESSAGE = 201
+    UNKNOWN_KEY = 202
+    BAD_SIGNATURE = 203
+    EXPIRED_MESSAGE = 204
+    REPLAYED_MESSAGE = 205
+    DECRYPTION_FAILED = 206
+    # 3xx: the node could not do the work
+    NODE_ERROR = 300
+    DATASET_NOT_FOUND = 301
+    DATA_LOADING_FAILED = 302
+    PLAN_NOT_APPROVED = 303
+    PLAN_INVALID = 304
+    PLAN_FAILED = 305
+    PLAN_TIMEOUT = 306
+    STATE_NOT_FOUND = 307
+    ANALYTICS_FAILED = 308
+    PREPROCESSING_FAILED = 309
+    SECAGG_FAILED = 310
+    NODE_SHUTTING_DOWN = 311
+    BAD_ARGUMENTS = 312
+    # 4xx: moving the bytes
+    TRANSFER_ERROR = 400
+    TRANSFER_STALLED = 401
+    TRANSFER_CORRUPTED = 402
+    # 5xx: raised on the researcher side, never sent by a node
+    RESEARCHER_ERROR = 500
+    NODE_UNREACHABLE = 501
+
+    @property
+    def area(self) -> ErrorArea:
+        """The area this code belongs to."""
+        return ErrorArea(self.value // 100)
+
+
+class TrainingPlanStatus(StrEnum):
+    """Approval status of a training plan on a node."""
+
+    APPROVED = "Approved"
+    PENDING = "Pending"
+    REJECTED = "Rejected"
+    NOT_REGISTERED = "Not registered"
+
+
+class PreprocType(StrEnum):
+    """Which preprocessing method a :class:`PreprocRequest` drives."""
+
+    STANDARDIZE = "standardize"
+    IMPUTE = "impute"
+
+
+class PreprocStep(StrEnum):
+    """Step of a preprocessing method.
+
+    ``FIT`` stores the parameters computed from global statistics under a state id;
+    ``APPLY`` transforms the dataset with them so that later training reads the result.
+    """
+
+    FIT = "fit"
+    APPLY = "apply"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    protocol_version: str = PROTOCOL_VERSION
+
+
+class _Request(_Message):
+    request_id: str = Field(default_factory=lambda: new_id("request"), min_length=1)
+    researcher_id: str = Field(min_length=1)
+
+
+class _Reply(_Message):
+    request_id: str = Field(min_length=1)
+    researcher_id: str = Field(min_length=1)
+    node_id: str = Field(min_length=1)
+    node_name: str = ""
+    received_at: datetime | None = None
+    """When the node started handling the request (node clock)."""
+    replied_at: datetime | None = None
+    """When the node finished handling it (node clock)."""
+
+
+class DatasetInfo(BaseModel):
+    """What a node tells about one of its datasets (never the data itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    name: str
+    tags: list[str] = Field(default_factory=list)
+    format: str
+    shape: list[int] = Field(default_factory=list)
+    columns: list[str] = Field(default_factory=list)
+    dtypes: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+
+# --- ping and list ------------------------------------------------------------------------------
+
+
+class PingRequest(_Request):
+    """Ask a node whether it is alive."""
+
+    type: Literal["ping_request"] = "ping_request"
+
+
+class PingReply(_Reply):
+    """A node's answer to :class:`PingRequest`."""
+
+    type: Literal["ping_reply"] = "ping_reply"
+    agent_version: str = ""
+
+
+class ListRequest(_Request):
+    """Ask a node for its datasets, optionally only those carrying all ``tags``."""
+
+    type: Literal["list_request"] = "list_request"
+    tags: list[str] = Field(default_factory=list)
+
+
+class ListReply(_Reply):
+    """A node's datasets."""
+
+    type: Literal["list_reply"] = "list_reply"
+    success: bool = True
+    datasets: list[DatasetInfo] = Field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Number of datasets listed."""
+        return len(self.datasets)
+
+
+# --- federated analytics -----------------------------------------------------------------------
+
+
+class FARequest(_Request):
+    """Ask a node for statistics over one of its datasets.
+
+    Exactly one of ``stats`` (a flat list of statistic names, applied to the columns chosen by
+    ``dataset_schema``) and ``stats_args`` (per-column fine control) must be given;
+    ``stats_args`` already names its columns, so it excludes ``dataset_schema``.
+    """
+
+    type: Literal["fa_request"] = "fa_request"
+    experiment_id: str = Field(min_length=1)
+    fa_id: str = Field(min_length=1)
+    dataset_id: str = Field(min_length=1)
+    stats: list[str] | None = None
+    stats_args: dict[str, Any] | None = None
+    dataset_schema: list[str] | dict[str, Any] | None = None
+    secagg_arguments: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_stats(self) -> FARequest:
+        if not self.stats and not self.stats_args:
+            raise ValueError("at least one of 'stats' or 'stats_args' must be provided")
+        if self.stats and self.stats_args:
+            raise ValueError("'stats' and 'stats_args' are mutually exclusive")
+        if self.stats_args and self.dataset_schema is not None:
+            raise ValueError(
+                "'stats_args' and 'dataset_schema' are mutually exclusive: "
+                "'stats_args' already names its columns"
+            )
+        return self
+
+
+class FAReply(_Reply):
+    """A node's statistics. Plain replies fill ``output``; encrypted ones fill
+    ``params_encrypted`` and ``output_schema`` instead."""
+
+    type: Literal["fa_reply"] = "fa_reply"
+    experiment_id: str = Field(min_length=1)
+    fa_id: str = Field(min_length=1)
+    stats: list[str] | None = None
+    output: dict[str, Any] | None = None
+    encrypted: bool = False
+    params_encrypted: list[Any] | None = None
+    output_schema: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_output(self) -> FAReply:
+        if self.encrypted:
+            if self.output is not None:
+                raise ValueError("an encrypted FAReply must not carry a plain 'output'")
+            if self.params_encrypted is None or self.output_schema is None:
+                raise ValueError(
+                    "an encrypted FAReply needs 'params_encrypted' and 'output_schema'"
+                )
+        else:
+            if self.output is None:
+                raise ValueError("a plain FAReply needs 'output'")
+            if self.params_encrypted is not None or self.output_schema is not None:
+                raise ValueError(
+                    "a plain FAReply must not carry 'params_encrypted' or 'output_schema'"
+                )
+        return self
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+
+class PreprocRequest(_Request):
+    """Ask a node to run one step of a preprocessing method on a dataset."""
+
+    type: Literal["preproc_request"] = "preproc_request"
+    experiment_id: str = Field(min_length=1)
+    dataset_id: str = Field(min_length=1)
+    preproc_type: PreprocType
+    preproc_step: PreprocStep
+    preproc_id: str = Field(min_length=1)
+    preproc_args: dict[str, Any] = Field(default_factory=dict)
+    state_id: str | None = None
+
+
+class PreprocReply(_Reply):
+    """Result of a preprocessing step; ``state_id`` names where the node keeps its state."""
+
+    type: Literal["preproc_reply"] = "preproc_reply"
+    experiment_id: str = Field(min_length=1)
+    preproc_id: str = Field(min_length=1)
+    success: bool = True
+    preproc_output: dict[str, Any] = Field(default_factory=dict)
+    state_id: str | None = None
+    msg: str = ""
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+class TrainRequest(_Request):
+    """Ask a node to train (or only evaluate) a training plan for one round."""
+
+    type: Literal["train_request"] = "train_request"
+    experiment_id: str = Field(min_length=1)
+    round: int = Field(ge=0)
+    training: bool = True
+    training_plan: str = Field(min_length=1)
+    training_plan_class: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    training_args: dict[str, Any] = Field(default_factory=dict)
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    dataset_id: str = Field(min_length=1)
+    state_id: str | None = None
+    aggregator_args: dict[str, Any] = Field(default_factory=dict)
+    secagg_arguments: dict[str, Any] | None = None
+    optim_aux_var: dict[str, Any] | None = None
+
+
+class TrainReply(_Reply):
+    """A node's updated parameters, sample size, timing and local metrics for one round."""
+
+    type: Literal["train_reply"] = "train_reply"
+    experiment_id: str = Field(min_length=1)
+    round: int = Field(ge=0)
+    success: bool
+    dataset_id: str = ""
+    params: dict[str, Any] | None = None
+    sample_size: int | None = Field(default=None, ge=0)
+    timing: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    state_id: str | None = None
+    optim_aux_var: dict[str, Any] | None = None
+    encrypted: bool = False
+    msg: str = ""
+
+
+# --- training plans ----------------------------------------------------------------------------
+
+
+class TrainingPlanStatusRequest(_Request):
+    """Ask a node whether a training plan is approved there."""
+
+    type: Literal["training_plan_status_request"] = "training_plan_status_request"
+    experiment_id: str = Field(min_length=1)
+    training_plan: str = Field(min_length=1)
+
+
+class TrainingPlanStatusReply(_Reply):
+    """Approval status of a training plan on a node."""
+
+    type: Literal["training_plan_status_reply"] = "training_plan_status_reply"
+    experiment_id: str = Field(min_length=1)
+    success: bool
+    approval_obligation: bool
+    status: TrainingPlanStatus
+    training_plan_id: str | None = None
+    msg: str = ""
+
+
+class ApprovalRequest(_Request):
+    """Submit a training plan for review by the node's operator."""
+
+    type: Literal["approval_request"] = "approval_request"
+    description: str = ""
+    training_plan: str = Field(min_length=1)
+
+
+class ApprovalReply(_Reply):
+    """``success`` means the plan is registered for review, not that it is approved;
+    ``status`` says where it stands."""
+
+    type: Literal["approval_reply"] = "approval_reply"
+    success: bool
+    training_plan_id: str | None = None
+    status: TrainingPlanStatus = TrainingPlanStatus.PENDING
+    msg: str = ""
+
+
+# --- presence and errors -----------------------------------------------------------------------
+
+
+class Heartbeat(_Message):
+    """Published by every node agent on the presence exchange at a fixed interval."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    node_id: str = Field(min_length=1)
+    node_name: str = ""
+    agent_version: str = ""
+    sent_at: datetime = Field(default_factory=utc_now)
+    interval: float = Field(gt=0)
+    datasets: list[str] = Field(default_factory=list)
+    stopping: bool = False
+
+
+class ErrorMessage(_Message):
+    """A node's answer when it could not do what was asked.
+
+    ``request_id`` is set whenever the request's id could be read, so the researcher can match
+    the error to its request; it is ``None`` only for bytes too broken to carry an id.
+    """
+
+    type: Literal["error"] = "error"
+    request_id: str | None = None
+    researcher_id: str | None = None
+    node_id: str = Field(min_length=1)
+    node_name: str = ""
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    received_at: datetime | None = None
+    replied_at: datetime | None = None
+
+
+RequestMessage: TypeAlias = (
+    PingRequest
+    | ListRequest
+    | FARequest
+    | PreprocRequest
+    | TrainRequest
+    | TrainingPlanStatusRequest
+    | ApprovalRequest
+)
+ReplyMessage: TypeAlias = (
+    PingReply
+    | ListReply
+    | FAReply
+    | PreprocReply
+    | TrainReply
+    | TrainingPlanStatusReply
+    | ApprovalReply
+)
+AnyMessage: TypeAlias = Annotated[
+    RequestMessage | ReplyMessage | Heartbeat | ErrorMessage,
+    Field(discriminator="type"),
+]
+
+MESSAGE_TYPES: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        PingRequest, PingReply, ListRequest, ListReply, FARequest, FAReply, PreprocRequest,
+        PreprocReply, TrainRequest, TrainReply, TrainingPlanStatusRequest,
+        TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, Heartbeat, ErrorMessage,
+    )
+}  # fmt: skip
+"""Every message class by its ``type`` tag."""
+
+REPLY_TYPES: dict[type[BaseModel], type[BaseModel]] = {
+    PingRequest: PingReply,
+    ListRequest: ListReply,
+    FARequest: FAReply,
+    PreprocRequest: PreprocReply,
+    TrainRequest: TrainReply,
+    TrainingPlanStatusRequest: TrainingPlanStatusReply,
+    ApprovalRequest: ApprovalReply,
+}
+"""The reply class expected for each request class."""
+
+message_adapter: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
+"""Validates a plain mapping into the message class its ``type`` names."""

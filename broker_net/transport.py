@@ -1,0 +1,105 @@
+"""The Transport protocol both sides speak through, and the messages it carries.
+
+Two implementations: :class:`broker_net.amqp.AmqpTransport` (RabbitMQ through aio-pika) and
+:class:`broker_net.memory.MemoryTransport` (in-process, for simulation and fast tests).
+A transport is an async context manager; leaving it closes every consumer and the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
+
+from broker_net.topology import ExchangeSpec, QueueSpec
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to publish: the envelope bytes and the AMQP properties around them."""
+
+    body: bytes
+    message_id: str
+    type: str
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    expiration: float | None = None
+    """Seconds after which an unconsumed message is dead-lettered instead of delivered."""
+    persistent: bool = True
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """A message received from a queue. Settle it exactly once with :meth:`ack` or
+    :meth:`reject`; an unsettled delivery is redelivered when its consumer goes away."""
+
+    body: bytes
+    message_id: str | None
+    type: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    headers: dict[str, Any]
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    _ack: Callable[[], Awaitable[None]]
+    _reject: Callable[[bool], Awaitable[None]]
+    settled: bool = False
+
+    async def ack(self) -> None:
+        """Tell the broker the message is handled; it is removed from the queue."""
+        if not self.settled:
+            self.settled = True
+            await self._ack()
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        """Give the message back (``requeue``) or dead-letter it."""
+        if not self.settled:
+            self.settled = True
+            await self._reject(requeue)
+
+
+class Transport(Protocol):
+    """What broker-net needs from a message broker."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def declare(self, *specs: ExchangeSpec | QueueSpec) -> None:
+        """Declare exchanges and queues (with their bindings), idempotently."""
+        ...
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: OutgoingMessage,
+        *,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish and wait until the broker has taken responsibility for the message.
+
+        Raises:
+            UnroutableError: ``mandatory`` is set and no queue is bound for ``routing_key``.
+            PublishError: the broker refused the message.
+            ConnectionLostError: the broker stayed unreachable past the publish deadline.
+        """
+        ...
+
+    def consume(
+        self, queue: QueueSpec, *, prefetch: int = 16
+    ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
+        """Declare and consume ``queue``:
+        ``async with t.consume(q) as deliveries: async for d in deliveries: ...``.
+
+        At most ``prefetch`` deliveries are unsettled at once. Leaving the block cancels the
+        consumer; unsettled deliveries go back to the queue.
+        """
+        ...
+
+    async def consumer_count(self, queue: str) -> int | None:
+        """Number of consumers on ``queue``, or ``None`` if the queue does not exist."""
+        ...

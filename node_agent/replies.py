@@ -1,0 +1,99 @@
+"""The node's memory of the replies it sent, so a redelivered request is answered again
+without being run again.
+
+Recent replies are kept in memory; replies to heavy requests (training, analytics,
+preprocessing, plan approval) are also written to SQLite in the data folder, so they survive an
+agent restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """A sealed reply and where it went."""
+
+    body: bytes
+    reply_to: str
+    message_type: str
+    message_id: str
+
+
+class ReplyStore:
+    """Sealed replies by request id.
+
+    Args:
+        path: the SQLite file for persisted replies.
+        memory_limit: total bytes of replies kept in memory.
+        keep_seconds: how long persisted replies are kept.
+    """
+
+    def __init__(
+        self, path: Path, *, memory_limit: int = 256 * 1024**2, keep_seconds: float = 7 * 86400
+    ) -> None:
+        self._recent: OrderedDict[str, StoredReply] = OrderedDict()
+        self._recent_bytes = 0
+        self._memory_limit = memory_limit
+        self._keep_seconds = keep_seconds
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply_to TEXT, "
+            "message_type TEXT, message_id TEXT, body BLOB, stored_at REAL)"
+        )
+        self._db.execute("DELETE FROM replies WHERE stored_at < ?", (time.time() - keep_seconds,))
+
+    def remember(self, request_id: str, reply: StoredReply) -> None:
+        """Keep ``reply`` in memory."""
+        with self._lock:
+            previous = self._recent.pop(request_id, None)
+            if previous is not None:
+                self._recent_bytes -= len(previous.body)
+            self._recent[request_id] = reply
+            self._recent_bytes += len(reply.body)
+            while self._recent_bytes > self._memory_limit and len(self._recent) > 1:
+                _, dropped = self._recent.popitem(last=False)
+                self._recent_bytes -= len(dropped.body)
+
+    def persist(self, request_id: str, reply: StoredReply) -> None:
+        """Keep ``reply`` in memory and on disk (blocking: call from a worker thread)."""
+        self.remember(request_id, reply)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, reply.reply_to, reply.message_type, reply.message_id,
+                 reply.body, time.time()),
+            )  # fmt: skip
+
+    def recent(self, request_id: str) -> StoredReply | None:
+        """The reply for ``request_id`` if it is still in memory (never blocks on disk)."""
+        with self._lock:
+            return self._recent.get(request_id)
+
+    def get(self, request_id: str) -> StoredReply | None:
+        """The reply sent for ``request_id``, if any (blocking on a memory miss)."""
+        with self._lock:
+            found = self._recent.get(request_id)
+            if found is not None:
+                return found
+            row = self._db.execute(
+                "SELECT body, reply_to, message_type, message_id FROM replies WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredReply(body=row[0], reply_to=row[1], message_type=row[2], message_id=row[3])
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()

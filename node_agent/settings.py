@@ -1,0 +1,57 @@
+"""Configuration of a node agent, from ``BROKER_NET_NODE_*`` environment variables or a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker_net.topology import DEFAULT_NAMESPACE, check_id
+
+
+class NodeSettings(BaseSettings):
+    """Everything a node agent needs to know at start.
+
+    Every field can be set from the environment, e.g. ``BROKER_NET_NODE_NODE_ID=hospital-a``,
+    or from the ``.env`` file named by ``env_file``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_NET_NODE_", env_file=None, extra="ignore")
+
+    node_id: str = Field(description="Unique id of this node; names its request queue.")
+    node_name: str = Field(default="", description="Human-readable name shown to researchers.")
+    data_dir: Path = Field(
+        default=Path("./node-data"),
+        description="Folder for the dataset registry, training plans, state and keys.",
+    )
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    namespace: str = Field(default=DEFAULT_NAMESPACE, description="Prefix of every name.")
+    queue_type: Literal["classic", "quorum"] = "classic"
+    require_approval: bool = Field(
+        default=True, description="Refuse training plans an operator has not approved."
+    )
+    plan_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds a training plan may run before it is killed."
+    )
+    heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between heartbeats.")
+    prefetch: int = Field(default=16, ge=1, description="Requests held unacknowledged at once.")
+    heavy_concurrency: int = Field(
+        default=1, ge=1, description="Training / preprocessing / analytics runs at once."
+    )
+    max_message_size: int = Field(
+        default=4 * 1024**3, gt=0, description="Largest request accepted, in bytes."
+    )
+    log_level: str = Field(default="WARNING", description="Logging level.")
+    log_json: bool = Field(default=False, description="Write logs as JSON lines.")
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        return check_id("node id", value)
+
+    @property
+    def display_name(self) -> str:
+        """The node's name, or its id when it has none."""
+        return self.node_name or self.node_id

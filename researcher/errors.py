@@ -1,0 +1,46 @@
+"""Errors raised on the researcher side; each names the node and request it concerns."""
+
+from __future__ import annotations
+
+from broker_net.errors import BrokerNetError
+from broker_net.messages import ErrorMessage
+
+
+class RequestError(BrokerNetError):
+    """Raised when a federated request or job fails.
+
+    Attributes:
+        node_id: the node concerned, when one is.
+        request_id: the request concerned, when one is.
+    """
+
+    def __init__(
+        self, message: str, *, node_id: str | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.request_id = request_id
+
+
+class NodeErrorReply(RequestError):
+    """Raised when a node answered with an ErrorMessage and the caller treats it as fatal."""
+
+    def __init__(self, error: ErrorMessage) -> None:
+        super().__init__(
+            f"node {error.node_id} answered {error.code.name}: {error.message}",
+            node_id=error.node_id,
+            request_id=error.request_id,
+        )
+        self.error = error
+
+
+class RequestTimeoutError(RequestError, TimeoutError):
+    """Raised when nodes did not answer in time and the caller needed their answers."""
+
+
+class NoReplyError(RequestError):
+    """Raised when a job got no usable reply from any node."""
+
+
+class JobError(RequestError):
+    """Raised when a job's arguments or results are not usable."""

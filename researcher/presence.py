@@ -1,0 +1,84 @@
+"""What the researcher knows of each node from its heartbeats."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker_net.messages import Heartbeat
+
+
+@dataclass(slots=True)
+class NodePresence:
+    """The latest heartbeat of one node.
+
+    Attributes:
+        last_seen: when the last heartbeat arrived (researcher's wall clock).
+        last_seen_monotonic: the same, on the monotonic clock.
+        interval: seconds between the node's heartbeats.
+        stopping: the node announced it is shutting down.
+    """
+
+    node_id: str
+    node_name: str
+    agent_version: str
+    last_seen: datetime
+    last_seen_monotonic: float
+    interval: float
+    datasets: list[str] = field(default_factory=list)
+    stopping: bool = False
+
+    def gone_since(self, now: float, patience: float) -> float | None:
+        """Monotonic time since which the node is gone, or ``None`` if it is online."""
+        if self.stopping:
+            return self.last_seen_monotonic
+        expected_by = self.last_seen_monotonic + patience * self.interval
+        return expected_by if now >= expected_by else None
+
+    def online(self, now: float, patience: float) -> bool:
+        """True when the node's heartbeats are on time."""
+        return self.gone_since(now, patience) is None
+
+
+class PresenceTable:
+    """Node presence by id, fed by heartbeats.
+
+    Args:
+        patience: how many heartbeat intervals may pass before a node counts as gone.
+    """
+
+    def __init__(self, patience: float = 3.0) -> None:
+        self.patience = patience
+        self._nodes: dict[str, NodePresence] = {}
+
+    def update(self, beat: Heartbeat, *, arrived: datetime, arrived_monotonic: float) -> None:
+        """Record a heartbeat."""
+        self._nodes[beat.node_id] = NodePresence(
+            node_id=beat.node_id,
+            node_name=beat.node_name,
+            agent_version=beat.agent_version,
+            last_seen=arrived,
+            last_seen_monotonic=arrived_monotonic,
+            interval=beat.interval,
+            datasets=list(beat.datasets),
+            stopping=beat.stopping,
+        )
+
+    def get(self, node_id: str) -> NodePresence | None:
+        """The presence of ``node_id``, if it ever sent a heartbeat."""
+        return self._nodes.get(node_id)
+
+    def all(self) -> list[NodePresence]:
+        """Every node ever seen, sorted by id."""
+        return [self._nodes[key] for key in sorted(self._nodes)]
+
+    def online_ids(self, now: float | None = None) -> list[str]:
+        """Ids of the nodes whose heartbeats are on time, sorted."""
+        now = time.monotonic() if now is None else now
+        return [p.node_id for p in self.all() if p.online(now, self.patience)]
+
+    def gone_since(self, node_id: str, now: float) -> float | None:
+        """When ``node_id`` went missing, ``None`` if online or never seen."""
+        presence = self._nodes.get(node_id)
+        return None if presence is None else presence.gone_since(now, self.patience)

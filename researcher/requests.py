@@ -1,0 +1,576 @@
+"""Requests: send one request to many nodes and collect their replies under policies.
+
+::
+
+    async with AmqpTransport(url) as transport, Requests(transport, "alice") as requests:
+        async with requests.send(PingRequest(researcher_id="alice"), ["n1", "n2"],
+                                 [DiscardOnTimeout(2)]) as fed:
+            print(fed.replies(), fed.status(), fed.timings())
+
+One consumer on the researcher's durable reply queue serves every request; replies are matched
+on (request id, node id). A reply for a request that already ended goes to the late-reply log,
+never into another request's results; a second reply from the same node is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from broker_net.codec import decode_message, encode_parts
+from broker_net.envelope import EnvelopeHeader, amqp_headers, seal_parts, unseal
+from broker_net.errors import DecodeError, TransportError, UnroutableError
+from broker_net.messages import (
+    ErrorMessage,
+    Heartbeat,
+    PingRequest,
+    RequestMessage,
+    new_id,
+    utc_now,
+)
+from broker_net.topology import Topology
+from broker_net.transport import OutgoingMessage, Transport
+from researcher.policies import (
+    DiscardOnTimeout,
+    NodeState,
+    Policy,
+    RequestStatus,
+    Verdict,
+    has_timeout,
+    watches_presence,
+)
+from researcher.presence import NodePresence, PresenceTable
+
+logger = logging.getLogger(__name__)
+
+
+class MessagesByNode(dict[str, RequestMessage]):
+    """A different request message for each node, keyed by node id."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTiming:
+    """Where one node's request time went.
+
+    Attributes:
+        sent_at: when the request was published (researcher's wall clock).
+        round_trip: seconds from publish to reply received, ``None`` without a reply.
+        processing: seconds the node spent on the request, from its own timestamps.
+        queue_and_transit: the rest of the round trip: broker queues and the network.
+    """
+
+    sent_at: datetime
+    round_trip: float | None = None
+    processing: float | None = None
+    queue_and_transit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    """Which policy stopped a request, because of which node, and why."""
+
+    policy: str
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LateReply:
+    """A reply that arrived after its request had ended for that node."""
+
+    request_id: str
+    node_id: str
+    message: Any
+    arrived_at: datetime
+
+
+@dataclass(slots=True)
+class _NodeRequest:
+    node_id: str
+    sent_at: float = 0.0
+    sent_wall: datetime | None = None
+    status: RequestStatus = RequestStatus.PENDING
+    reply: Any = None
+    error: ErrorMessage | None = None
+    reply_at: float | None = None
+    gone_since: float | None = None
+    reason: str = ""
+
+
+class FederatedRequest:
+    """One request sent to several nodes, and everything that came back.
+
+    Enter it to send and wait (``async with requests.send(...) as fed``); when the block is
+    entered, the wait is over and the results below are final.
+    """
+
+    def __init__(
+        self,
+        requests: Requests,
+        messages: RequestMessage | MessagesByNode,
+        nodes: Sequence[str] | None,
+        policies: Sequence[Policy],
+        expiration: float | None,
+    ) -> None:
+        self.request_id = _request_id()
+        self._requests = requests
+        self._messages = self._per_node(messages, nodes)
+        self._policies: list[Policy] = list(policies)
+        if not has_timeout(self._policies):
+            self._policies.append(DiscardOnTimeout(requests.default_timeout))
+        self._expiration = expiration if expiration is not None else _longest(self._policies)
+        self._nodes = {node: _NodeRequest(node) for node in self._messages}
+        self._changed = anyio.Event()
+        self._report: PolicyReport | None = None
+        self._active = False
+
+    def _per_node(
+        self, messages: RequestMessage | MessagesByNode, nodes: Sequence[str] | None
+    ) -> dict[str, RequestMessage]:
+        if isinstance(messages, MessagesByNode):
+            targets = list(messages) if nodes is None else list(nodes)
+            missing = [node for node in targets if node not in messages]
+            if missing:
+                raise ValueError(f"MessagesByNode has no message for nodes {missing}")
+            chosen = {node: messages[node] for node in targets}
+        else:
+            targets = list(nodes) if nodes is not None else self._requests.presence.online_ids()
+            chosen = dict.fromkeys(targets, messages)
+        if len(set(targets)) != len(targets):
+            raise ValueError("a node is named twice")
+        return {
+            node: message.model_copy(update={"request_id": self.request_id})
+            for node, message in chosen.items()
+        }
+
+    # --- results -------------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node ids this request was sent to."""
+        return list(self._nodes)
+
+    def replies(self) -> dict[str, Any]:
+        """Successful replies by node id."""
+        return {n: r.reply for n, r in self._nodes.items() if r.status is RequestStatus.SUCCESS}
+
+    def errors(self) -> dict[str, ErrorMessage]:
+        """ErrorMessages by node id."""
+        return {n: r.error for n, r in self._nodes.items() if r.error is not None}
+
+    def status(self) -> dict[str, RequestStatus]:
+        """Each node's final status."""
+        return {node: entry.status for node, entry in self._nodes.items()}
+
+    def reasons(self) -> dict[str, str]:
+        """Why each unsuccessful node ended as it did."""
+        return {node: entry.reason for node, entry in self._nodes.items() if entry.reason}
+
+    def policy_report(self) -> PolicyReport | None:
+        """Which policy stopped the request, or ``None`` when it ran to completion."""
+        return self._report
+
+    @property
+    def stopped(self) -> bool:
+        """True when a policy stopped the request."""
+        return self._report is not None
+
+    def timings(self) -> dict[str, NodeTiming]:
+        """Round-trip, processing and queue-and-transit time for each node."""
+        return {node: self._timing(entry) for node, entry in self._nodes.items()}
+
+    def _timing(self, entry: _NodeRequest) -> NodeTiming:
+        sent_wall = entry.sent_wall or utc_now()
+        if entry.reply_at is None:
+            return NodeTiming(sent_at=sent_wall)
+        round_trip = entry.reply_at - entry.sent_at
+        answer = entry.reply if entry.reply is not None else entry.error
+        received, replied = (
+            getattr(answer, "received_at", None),
+            getattr(answer, "replied_at", None),
+        )
+        if received is None or replied is None:
+            return NodeTiming(sent_at=sent_wall, round_trip=round_trip)
+        processing = max((replied - received).total_seconds(), 0.0)
+        return NodeTiming(
+            sent_at=sent_wall,
+            round_trip=round_trip,
+            processing=processing,
+            queue_and_transit=max(round_trip - processing, 0.0),
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._requests._register(self)
+        self._active = True
+        try:
+            await self._send_all()
+            await self._wait()
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self._active:
+            self._active = False
+            for entry in self._nodes.values():
+                if entry.status is RequestStatus.PENDING:
+                    entry.status = RequestStatus.STOPPED
+                    entry.reason = entry.reason or "the request ended before this node answered"
+            self._requests._unregister(self)
+            self._log_summary()
+
+    def _log_summary(self) -> None:
+        for node, entry in self._nodes.items():
+            timing = self._timing(entry)
+            logger.info(
+                "request %s node %s: %s round_trip=%s processing=%s queue_and_transit=%s",
+                self.request_id, node, entry.status.value, _secs(timing.round_trip),
+                _secs(timing.processing), _secs(timing.queue_and_transit),
+            )  # fmt: skip
+
+    async def _send_all(self) -> None:
+        shared = _shared_body(self._messages)
+        async with anyio.create_task_group() as group:
+            for node, message in self._messages.items():
+                group.start_soon(self._send_one, node, message, shared)
+
+    async def _send_one(self, node: str, message: RequestMessage, shared: Any) -> None:
+        requests = self._requests
+        header = EnvelopeHeader.for_message(
+            message, sender_id=requests.researcher_id, sender_role="researcher", recipient=node
+        )
+        body = shared if shared is not None else encode_parts(message)
+        outgoing = OutgoingMessage(
+            body=b"".join(seal_parts(header, body)),
+            message_id=header.message_id,
+            type=message.type,
+            correlation_id=self.request_id,
+            reply_to=requests.reply_queue,
+            headers=amqp_headers(header, message),
+            expiration=self._expiration,
+        )
+        entry = self._nodes[node]
+        entry.sent_wall = utc_now()
+        entry.sent_at = time.monotonic()
+        try:
+            await requests.transport.publish(
+                requests.topology.requests_exchange.name, node, outgoing, mandatory=True
+            )
+        except UnroutableError:
+            self._finish_node(entry, RequestStatus.DISCONNECTED, "the node has no request queue")
+        except TransportError as exc:
+            self._finish_node(entry, RequestStatus.ERROR, f"could not send: {exc}")
+
+    def _finish_node(self, entry: _NodeRequest, status: RequestStatus, reason: str) -> None:
+        if entry.status is RequestStatus.PENDING:
+            entry.status = status
+            entry.reason = reason
+            logger.warning("request %s node %s: %s (%s)", self.request_id, entry.node_id,
+                           status.value, reason)  # fmt: skip
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _on_reply(self, node: str, message: Any) -> None:
+        entry = self._nodes.get(node)
+        arrived = time.monotonic()
+        if entry is None:
+            logger.warning("reply to %s from node %s, which was not asked", self.request_id, node)
+            return
+        if entry.reply is not None or entry.error is not None:
+            logger.info("duplicate reply to %s from %s ignored", self.request_id, node)
+            return
+        if entry.status.finished:
+            self._requests._late(self.request_id, node, message)
+            return
+        entry.reply_at = arrived
+        if isinstance(message, ErrorMessage):
+            entry.error = message
+            entry.status = RequestStatus.ERROR
+            entry.reason = f"{message.code.name}: {message.message}"
+        else:
+            entry.reply = message
+            entry.status = RequestStatus.SUCCESS
+        self._wake()
+
+    async def _wait(self) -> None:
+        watch = watches_presence(self._policies)
+        check_every = self._requests.presence_check_interval
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if watch and now >= next_check:
+                await self._update_presence(now)
+                now = time.monotonic()
+                next_check = now + check_every
+            if self._apply_policies(now):
+                return
+            if all(entry.status.finished for entry in self._nodes.values()):
+                return
+            states = self._states()
+            deadlines = [p.next_deadline(states) for p in self._policies]
+            wake_at = min((d for d in deadlines if d is not None), default=now + 3600.0)
+            if watch:
+                wake_at = min(wake_at, next_check)
+            with anyio.move_on_after(max(wake_at - time.monotonic(), 0.0)):
+                await self._changed.wait()
+            if self._changed.is_set():
+                self._changed = anyio.Event()
+
+    def _states(self) -> dict[str, NodeState]:
+        return {
+            node: NodeState(node, entry.sent_at, entry.status, entry.gone_since)
+            for node, entry in self._nodes.items()
+        }
+
+    def _apply_policies(self, now: float) -> bool:
+        for policy in self._policies:
+            verdict: Verdict = policy.evaluate(self._states(), now)
+            for node, status in verdict.marks.items():
+                self._finish_node(self._nodes[node], status, verdict.reason or repr(policy))
+            if verdict.stop_because_of is not None:
+                self._report = PolicyReport(
+                    policy=type(policy).__name__,
+                    node_id=verdict.stop_because_of,
+                    reason=verdict.reason,
+                )
+                logger.warning("request %s stopped by %r: %s", self.request_id, policy,
+                               verdict.reason)  # fmt: skip
+                return True
+        return False
+
+    async def _update_presence(self, now: float) -> None:
+        requests = self._requests
+        pending = [e for e in self._nodes.values() if e.status is RequestStatus.PENDING]
+        for entry in pending:
+            gone = requests.presence.gone_since(entry.node_id, now)
+            if gone is not None and entry.gone_since is None:
+                entry.gone_since = gone
+        for entry in pending[: requests.consumer_checks_per_tick]:
+            if entry.gone_since is not None:
+                continue
+            queue = requests.topology.node_queue(entry.node_id).name
+            try:
+                consumers = await requests.transport.consumer_count(queue)
+            except TransportError as exc:
+                logger.info("cannot check consumers of %s: %s", queue, exc)
+                continue
+            if not consumers:
+                entry.gone_since = now
+        if requests.consumer_checks_per_tick < len(pending):
+            # Rotate so every pending node gets checked over a few ticks.
+            keys = list(self._nodes)
+            self._nodes = dict(
+                (key, self._nodes[key])
+                for key in keys[requests.consumer_checks_per_tick :]
+                + keys[: requests.consumer_checks_per_tick]
+            )
+
+
+class Requests:
+    """The researcher's side of the network: sends requests, collects replies, tracks nodes.
+
+    Args:
+        transport: a connected transport.
+        researcher_id: this researcher's id; names its reply queue.
+        topology: names of exchanges and queues (namespace, queue type).
+        default_timeout: seconds after which a node is given up on when the caller's policies
+            set no timeout of their own; no wait is ever unbounded.
+        heartbeat_patience: heartbeat intervals a node may miss before it counts as gone.
+        presence_check_interval: seconds between liveness checks for StopOnDisconnect.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        researcher_id: str,
+        *,
+        topology: Topology | None = None,
+        default_timeout: float = 600.0,
+        heartbeat_patience: float = 3.0,
+        presence_check_interval: float = 0.5,
+        reply_prefetch: int = 512,
+        late_reply_log_size: int = 1000,
+    ) -> None:
+        self.transport = transport
+        self.researcher_id = researcher_id
+        self.topology = topology or Topology()
+        self.default_timeout = default_timeout
+        self.presence = PresenceTable(patience=heartbeat_patience)
+        self.presence_check_interval = presence_check_interval
+        self.consumer_checks_per_tick = 16
+        self.late_replies: deque[LateReply] = deque(maxlen=late_reply_log_size)
+        self.reply_queue = self.topology.researcher_queue(researcher_id).name
+        self._reply_prefetch = reply_prefetch
+        self._pending: dict[str, FederatedRequest] = {}
+        self._ended: deque[str] = deque(maxlen=10_000)
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.transport.declare(*self.topology.researcher_declarations(self.researcher_id))
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        await self._task_group.start(self._consume_replies)
+        await self._task_group.start(self._consume_presence)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(*exc_info)
+
+    def send(
+        self,
+        messages: RequestMessage | MessagesByNode,
+        nodes: Sequence[str] | None = None,
+        policies: Iterable[Policy] = (),
+        *,
+        expiration: float | None = None,
+    ) -> FederatedRequest:
+        """Prepare a federated request; ``async with`` it to send and wait.
+
+        Args:
+            messages: one message for every node, or a :class:`MessagesByNode`.
+            nodes: node ids; defaults to the keys of ``messages`` or to every online node.
+            policies: when to stop waiting (see :mod:`researcher.policies`).
+            expiration: seconds after which an unclaimed request is dead-lettered by the
+                broker; defaults to the longest policy timeout.
+
+        Raises:
+            ValueError: a node has no message, or is named twice.
+        """
+        return FederatedRequest(self, messages, nodes, list(policies), expiration)
+
+    async def request(
+        self,
+        messages: RequestMessage | MessagesByNode,
+        nodes: Sequence[str] | None = None,
+        policies: Iterable[Policy] = (),
+        *,
+        expiration: float | None = None,
+    ) -> FederatedRequest:
+        """Send and wait; return the finished :class:`FederatedRequest`."""
+        async with self.send(messages, nodes, policies, expiration=expiration) as fed:
+            return fed
+
+    async def ping(
+        self, nodes: Sequence[str] | None = None, timeout: float = 5.0
+    ) -> FederatedRequest:
+        """Ping ``nodes`` (default: every node seen online) and wait at most ``timeout``."""
+        return await self.request(
+            PingRequest(researcher_id=self.researcher_id), nodes, [DiscardOnTimeout(timeout)]
+        )
+
+    async def list_nodes(self) -> list[NodePresence]:
+        """Every node that ever sent a heartbeat, with its last one."""
+        await anyio.lowlevel.checkpoint()
+        return self.presence.all()
+
+    async def wait_for_nodes(self, nodes: Iterable[str], timeout: float) -> None:
+        """Wait until every node in ``nodes`` has been seen online.
+
+        Raises:
+            TimeoutError: some node did not show up within ``timeout`` seconds.
+        """
+        wanted = set(nodes)
+        with anyio.fail_after(timeout):
+            while not wanted <= set(self.presence.online_ids()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+
+    # --- reply and presence consumers ----------------------------------------------------------
+
+    def _register(self, fed: FederatedRequest) -> None:
+        self._pending[fed.request_id] = fed
+
+    def _unregister(self, fed: FederatedRequest) -> None:
+        if self._pending.pop(fed.request_id, None) is not None:
+            self._ended.append(fed.request_id)
+
+    def _late(self, request_id: str, node: str, message: Any) -> None:
+        logger.info("late reply to %s from node %s kept in the late-reply log", request_id, node)
+        self.late_replies.append(LateReply(request_id, node, message, utc_now()))
+
+    async def _consume_replies(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        queue = self.topology.researcher_queue(self.researcher_id)
+        async with self.transport.consume(queue, prefetch=self._reply_prefetch) as deliveries:
+            task_status.started()
+            async for delivery in deliveries:
+                self._dispatch_reply(delivery.body)
+                await delivery.ack()
+
+    def _dispatch_reply(self, body: bytes) -> None:
+        try:
+            envelope = unseal(body)
+            message = decode_message(envelope.body)
+        except DecodeError as exc:
+            logger.warning("dropping an unreadable reply: %s", exc)
+            return
+        node = envelope.header.sender_id
+        if getattr(message, "node_id", node) != node:
+            logger.warning("dropping a reply whose sender %s claims to be node %s", node,
+                           getattr(message, "node_id", None))  # fmt: skip
+            return
+        request_id = getattr(message, "request_id", None) or envelope.header.request_id
+        fed = self._pending.get(request_id) if request_id else None
+        if fed is not None:
+            fed._on_reply(node, message)
+        elif request_id in self._ended:
+            self._late(request_id, node, message)
+        else:
+            logger.warning("reply to unknown request %s from node %s", request_id, node)
+            self._late(request_id or "", node, message)
+
+    async def _consume_presence(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        queue = self.topology.presence_queue(self.researcher_id)
+        async with self.transport.consume(queue, prefetch=256) as deliveries:
+            task_status.started()
+            async for delivery in deliveries:
+                try:
+                    envelope = unseal(delivery.body)
+                    beat = decode_message(envelope.body)
+                except DecodeError as exc:
+                    logger.warning("dropping an unreadable heartbeat: %s", exc)
+                else:
+                    if isinstance(beat, Heartbeat) and beat.node_id == envelope.header.sender_id:
+                        self.presence.update(
+                            beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
+                        )
+                await delivery.ack()
+
+
+def _shared_body(messages: Mapping[str, RequestMessage]) -> Any:
+    """Encode a broadcast message once for all nodes."""
+    unique = {id(message) for message in messages.values()}
+    if len(messages) > 1 and len(unique) == 1:
+        return encode_parts(next(iter(messages.values())))
+    return None
+
+
+def _request_id() -> str:
+    return new_id("request")
+
+
+def _longest(policies: Sequence[Policy]) -> float | None:
+    timeouts = [getattr(p, "timeout", None) for p in policies]
+    values = [t for t in timeouts if isinstance(t, float)]
+    return max(values) + 60.0 if values else None
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

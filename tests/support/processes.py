@@ -1,0 +1,63 @@
+"""Start node agent processes for tests and make sure they are gone afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class AgentProcesses:
+    """Node agents started as separate processes; :meth:`stop_all` ends them."""
+
+    def __init__(self, amqp_url: str, namespace: str, base_dir: Path) -> None:
+        self.amqp_url = amqp_url
+        self.namespace = namespace
+        self.base_dir = base_dir
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, node_id: str, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
+        """Start a test agent (see tests/support/agent_process.py) and wait until it consumes."""
+        command = [
+            sys.executable, "-m", "tests.support.agent_process",
+            "--node-id", node_id, "--namespace", self.namespace,
+            "--amqp-url", self.amqp_url, "--data-dir", str(self.base_dir / node_id), *extra,
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+        )
+        self.processes[node_id] = process
+        if wait:
+            self.wait_ready(node_id)
+        return process
+
+    def wait_ready(self, node_id: str, timeout: float = 30.0) -> None:
+        process = self.processes[node_id]
+        deadline = time.monotonic() + timeout
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if line.strip() != "ready" or time.monotonic() > deadline:
+            raise RuntimeError(f"agent {node_id} did not start (exit code {process.poll()})")
+
+    def kill(self, node_id: str) -> None:
+        """SIGKILL an agent, as a crash would."""
+        process = self.processes[node_id]
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+            if process.stdout is not None:
+                process.stdout.close()
