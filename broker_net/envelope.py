@@ -13,7 +13,7 @@ import hashlib
 import os
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 import msgpack
@@ -46,6 +46,10 @@ class EnvelopeHeader:
     transfer: dict[str, Any] | None = None
     version: int = ENVELOPE_VERSION
 
+    def as_dict(self) -> dict[str, Any]:
+        """The header's fields, as they are packed on the wire."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
     @classmethod
     def for_message(
         cls, message: AnyMessage, *, sender_id: str, sender_role: Role, recipient: str
@@ -61,6 +65,9 @@ class EnvelopeHeader:
             request_id=request_id,
             experiment_id=getattr(message, "experiment_id", None),
         )
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(EnvelopeHeader))
 
 
 class Authenticator(Protocol):
@@ -103,15 +110,15 @@ def seal_parts(
         digest = hashlib.sha256()
         for part in body:
             digest.update(part)
-        fields = asdict(header) | {
+        values = header.as_dict() | {
             "auth_alg": authenticator.algorithm,
             "key_id": authenticator.key_id,
             "body_digest": digest.digest(),
         }
-        header_bytes = msgpack.packb(fields, use_bin_type=True)
+        header_bytes = msgpack.packb(values, use_bin_type=True)
         auth = authenticator.sign(header_bytes)
     else:
-        header_bytes = msgpack.packb(asdict(header), use_bin_type=True)
+        header_bytes = msgpack.packb(header.as_dict(), use_bin_type=True)
     prefix = b"\x93" + header_bytes + msgpack.packb(auth) + _bin_header(body_len)
     return [prefix, *body]
 
@@ -143,7 +150,7 @@ def unseal(data: bytes | bytearray | memoryview, *, max_size: int | None = None)
         if unpacker.read_array_header() != 3:
             raise EnvelopeError("an envelope is a msgpack array of three items")
         start = unpacker.tell()
-        fields = unpacker.unpack()
+        raw_header = unpacker.unpack()
         header_end = unpacker.tell()
         auth = unpacker.unpack()
         offset = unpacker.tell()
@@ -152,12 +159,12 @@ def unseal(data: bytes | bytearray | memoryview, *, max_size: int | None = None)
     except Exception as exc:
         raise EnvelopeError(f"not a broker-net envelope: {type(exc).__name__}: {exc}") from exc
     body = _read_bin(view, offset)
-    if not isinstance(fields, dict):
+    if not isinstance(raw_header, dict):
         raise EnvelopeError("the envelope header must be a map")
     if auth is not None and not isinstance(auth, bytes):
         raise EnvelopeError("the envelope authentication field must be bytes or nil")
     try:
-        header = EnvelopeHeader(**fields)
+        header = EnvelopeHeader(**raw_header)
     except TypeError as exc:
         raise EnvelopeError(f"bad envelope header: {exc}") from exc
     _check_header(header)

@@ -281,7 +281,7 @@ class NodeAgent:
             reply, sender_id=self.node_id, sender_role="node", recipient=recipient
         )
         if header.request_id is None:
-            header = EnvelopeHeader(**{**_fields(header), "request_id": request_id})
+            header = EnvelopeHeader(**{**header.as_dict(), "request_id": request_id})
         return header
 
     async def _reply(
@@ -412,10 +412,6 @@ class NodeAgent:
 
 
 _LIGHT_TYPES = frozenset({"ping_request", "list_request", "training_plan_status_request"})
-
-
-def _fields(header: EnvelopeHeader) -> dict[str, Any]:
-    return {name: getattr(header, name) for name in header.__dataclass_fields__}
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
