@@ -174,7 +174,10 @@ class NodeAgent:
         if request_id is None:
             await self._refuse_unreadable(delivery, DecodeError("the request carries no id"))
             return
-        stored = await self._stored_reply(request_id, look_on_disk=delivery.redelivered)
+        # Light requests are answered from memory only; anything heavier may have been answered
+        # by an earlier run of this agent, whose replies are on disk.
+        on_disk = delivery.redelivered or envelope.header.message_type not in _LIGHT_TYPES
+        stored = await self._stored_reply(request_id, look_on_disk=on_disk)
         if stored is not None:
             self.counters["duplicates"] += 1
             logger.info("request %s was answered before; sending the stored reply", request_id)
@@ -359,7 +362,6 @@ class NodeAgent:
         recent = self.replies.recent(request_id)
         if recent is not None or not look_on_disk:
             return recent
-        # Only a redelivered request can have been answered by an earlier run of the agent.
         return await anyio.to_thread.run_sync(self.replies.get, request_id)
 
     # --- presence ------------------------------------------------------------------------------

@@ -311,3 +311,40 @@ async def test_presence_lists_nodes_and_ping_defaults_to_them(
             await anyio.sleep(0.1)
     presence = requests.presence.get("a")
     assert presence is not None and presence.stopping
+
+
+async def test_sigterm_lets_in_flight_work_finish(
+    agents: AgentProcesses, requests: Requests
+) -> None:
+    process = agents.start("graceful", "--delay", "0.6")
+
+    async def terminate_soon() -> None:
+        await anyio.sleep(0.2)
+        process.terminate()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(terminate_soon)
+        fed = await requests.request(_ping(), ["graceful"], [DiscardOnTimeout(10)])
+
+    assert fed.status() == {"graceful": RequestStatus.SUCCESS}
+    assert process.wait(timeout=10) == 0
+
+
+async def test_sigterm_gives_unfinished_work_back_to_the_queue(
+    agents: AgentProcesses, requests: Requests
+) -> None:
+    first = agents.start("requeue", "--delay", "3")
+
+    async def replace_the_agent() -> None:
+        await anyio.sleep(0.3)
+        first.terminate()  # the test agent's grace is 1 s, shorter than the work
+        await anyio.to_thread.run_sync(first.wait)
+        agents.start("requeue", "--delay", "0.1")
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as group:
+        group.start_soon(replace_the_agent)
+        fed = await requests.request(_ping(), ["requeue"], [DiscardOnTimeout(20)])
+
+    assert fed.status() == {"requeue": RequestStatus.SUCCESS}
+    assert time.monotonic() - started < 10

@@ -19,6 +19,7 @@ class AgentProcesses:
         self.namespace = namespace
         self.base_dir = base_dir
         self.processes: dict[str, subprocess.Popen[str]] = {}
+        self._all: list[subprocess.Popen[str]] = []
 
     def start(self, node_id: str, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
         """Start a test agent (see tests/support/agent_process.py) and wait until it consumes."""
@@ -31,6 +32,7 @@ class AgentProcesses:
             command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
         )
         self.processes[node_id] = process
+        self._all.append(process)
         if wait:
             self.wait_ready(node_id)
         return process
@@ -50,10 +52,10 @@ class AgentProcesses:
         process.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for process in self.processes.values():
+        for process in self._all:
             if process.poll() is None:
                 process.terminate()
-        for process in self.processes.values():
+        for process in self._all:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:

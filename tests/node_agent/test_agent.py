@@ -1,0 +1,173 @@
+"""The node agent's dispatch on the in-memory transport: lanes, errors, stored replies."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from broker_net.codec import decode_message
+from broker_net.envelope import EnvelopeHeader, seal, unseal
+from broker_net.memory import MemoryBroker, MemoryTransport
+from broker_net.messages import ErrorCode, ErrorMessage, FAReply, FARequest, PingRequest
+from broker_net.topology import Topology
+from broker_net.transport import OutgoingMessage
+from node_agent.agent import NodeAgent
+from node_agent.context import NodeContext
+from node_agent.handlers import HANDLERS
+from node_agent.settings import NodeSettings
+from researcher.policies import DiscardOnTimeout, RequestStatus
+from researcher.requests import Requests
+
+pytestmark = pytest.mark.anyio
+TOPOLOGY = Topology("agent")
+
+
+class FakeAnalytics:
+    """An fa_request handler that counts its runs and can be slow or broken."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.runs = 0
+
+    async def __call__(self, request: FARequest, context: NodeContext) -> FAReply:
+        self.runs += 1
+        await anyio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("secret patient data in a traceback")
+        return FAReply(
+            request_id=request.request_id, researcher_id=request.researcher_id,
+            node_id=context.node_id, experiment_id=request.experiment_id,
+            fa_id=request.fa_id, output={"runs": self.runs},
+        )  # fmt: skip
+
+
+def _fa(request_id: str | None = None) -> FARequest:
+    extra: dict[str, Any] = {"request_id": request_id} if request_id else {}
+    return FARequest(
+        researcher_id="alice", experiment_id="e", fa_id="f", dataset_id="d", stats=["mean"],
+        **extra,
+    )  # fmt: skip
+
+
+async def _agent(
+    stack: AsyncExitStack, broker: MemoryBroker, data_dir: Path, handler: FakeAnalytics
+) -> NodeAgent:
+    settings = NodeSettings(node_id="n1", data_dir=data_dir, namespace="agent")
+    transport = await stack.enter_async_context(MemoryTransport(broker))
+    handlers = dict(HANDLERS, fa_request=handler)
+    return await stack.enter_async_context(
+        NodeAgent(settings, transport, handlers=handlers, shutdown_grace=0.2)
+    )
+
+
+@pytest.fixture
+async def researcher(memory_broker: MemoryBroker) -> AsyncIterator[Requests]:
+    async with (
+        MemoryTransport(memory_broker) as transport,
+        Requests(transport, "alice", topology=TOPOLOGY) as requests,
+    ):
+        yield requests
+
+
+async def test_heavy_work_does_not_block_pings(
+    memory_broker: MemoryBroker, researcher: Requests, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        await _agent(stack, memory_broker, tmp_path, FakeAnalytics(delay=3))
+        async with anyio.create_task_group() as group:
+            group.start_soon(researcher.request, _fa(), ["n1"], [DiscardOnTimeout(0.5)])
+            await anyio.sleep(0.1)
+            started = time.monotonic()
+            fed = await researcher.request(
+                PingRequest(researcher_id="alice"), ["n1"], [DiscardOnTimeout(2)]
+            )
+            assert time.monotonic() - started < 0.5
+            assert fed.status() == {"n1": RequestStatus.SUCCESS}
+
+
+async def test_a_handler_exception_becomes_an_error_without_traceback(
+    memory_broker: MemoryBroker, researcher: Requests, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        await _agent(stack, memory_broker, tmp_path, FakeAnalytics(fail=True))
+        fed = await researcher.request(_fa(), ["n1"], [DiscardOnTimeout(2)])
+        error = fed.errors()["n1"]
+        assert error.code is ErrorCode.NODE_ERROR
+        assert error.request_id == fed.request_id
+        assert "secret" not in error.message and "Traceback" not in error.message
+        ping = await researcher.ping(["n1"], timeout=2)
+        assert ping.status() == {"n1": RequestStatus.SUCCESS}
+
+
+async def test_a_redelivered_request_is_answered_from_the_stored_reply_after_a_restart(
+    memory_broker: MemoryBroker, tmp_path: Path
+) -> None:
+    handler = FakeAnalytics()
+    request = _fa("request_fixed")
+    header = EnvelopeHeader.for_message(
+        request, sender_id="alice", sender_role="researcher", recipient="n1"
+    )
+    body = seal(header, request)
+    reply_queue = TOPOLOGY.researcher_queue("alice")
+    outgoing = OutgoingMessage(
+        body=body, message_id=header.message_id, type=request.type,
+        correlation_id=request.request_id, reply_to=reply_queue.name,
+    )  # fmt: skip
+    async with MemoryTransport(memory_broker) as researcher_side:
+        await researcher_side.declare(*TOPOLOGY.researcher_declarations("alice"))
+        for _ in range(2):
+            async with AsyncExitStack() as stack:  # two runs of the agent, same data folder
+                await _agent(stack, memory_broker, tmp_path, handler)
+                await researcher_side.publish(TOPOLOGY.requests_exchange.name, "n1", outgoing)
+                await anyio.sleep(0.2)
+        replies = []
+        async with researcher_side.consume(reply_queue) as deliveries:
+            with anyio.move_on_after(0.5):
+                async for delivery in deliveries:
+                    replies.append(decode_message(unseal(delivery.body).body))
+                    await delivery.ack()
+    assert handler.runs == 1
+    assert len(replies) == 2
+    assert all(isinstance(reply, FAReply) and reply.output == {"runs": 1} for reply in replies)
+
+
+async def test_unreadable_bytes_without_reply_address_are_dead_lettered(
+    memory_broker: MemoryBroker, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        agent = await _agent(stack, memory_broker, tmp_path, FakeAnalytics())
+        transport = await stack.enter_async_context(MemoryTransport(memory_broker))
+        await transport.publish(
+            TOPOLOGY.requests_exchange.name, "n1",
+            OutgoingMessage(body=b"junk", message_id="m1", type="junk"),
+        )  # fmt: skip
+        dead = TOPOLOGY.dead_letter_queue
+        async with transport.consume(dead) as deliveries:
+            with anyio.fail_after(2):
+                async for delivery in deliveries:
+                    assert delivery.body == b"junk"
+                    assert delivery.headers["x-death"][0]["reason"] == "rejected"
+                    await delivery.ack()
+                    break
+        assert agent.counters["handled"] == 0
+
+
+async def test_an_error_reply_carries_the_node_and_request(
+    memory_broker: MemoryBroker, researcher: Requests, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        await _agent(stack, memory_broker, tmp_path, FakeAnalytics())
+        message = _fa().model_copy(update={"protocol_version": "9.0"})
+        fed = await researcher.request(message, ["n1"], [DiscardOnTimeout(2)])
+        error = fed.errors()["n1"]
+        assert isinstance(error, ErrorMessage)
+        assert (error.code, error.node_id, error.request_id) == (
+            ErrorCode.UNSUPPORTED_VERSION, "n1", fed.request_id,
+        )  # fmt: skip
