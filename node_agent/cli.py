@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,8 @@ from broker_net.amqp import AmqpTransport
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
 from node_agent.agent import NodeAgent
+from node_agent.cli_dataset import dataset_app
+from node_agent.cli_plans import plans_app
 from node_agent.settings import NodeSettings
 
 app = typer.Typer(
@@ -20,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(plans_app, name="plans")
 
 
 @app.callback()
@@ -83,6 +89,37 @@ async def _stop_on_signal(agent: NodeAgent) -> None:
         async for _ in signals:
             agent.stop()
             return
+
+
+@app.command("demo-setup")
+def demo_setup(
+    shard: Annotated[int, typer.Option(help="Which shard this node holds (0-based).")],
+    shards: Annotated[int, typer.Option(help="How many nodes share the data.")] = 3,
+    non_iid: Annotated[bool, typer.Option(help="Skew each shard's label mix.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (env BROKER_NET_NODE_DATA_DIR).")
+    ] = None,
+) -> None:
+    """Give this node its shard of scikit-learn's breast-cancer data, registered as a dataset
+    tagged ``breast-cancer``. Running it again changes nothing."""
+    from broker_net.sample_data import TARGET, write_shard_csv
+    from node_agent.datasets import DatasetRegistry
+
+    default = NodeSettings.model_fields["data_dir"].default
+    folder = data_dir or Path(os.environ.get("BROKER_NET_NODE_DATA_DIR", default))
+    folder.mkdir(parents=True, exist_ok=True)
+    with DatasetRegistry(folder) as registry:
+        if registry.list(["breast-cancer"]):
+            typer.echo(f"{folder}: the breast-cancer shard is already registered")
+            return
+        path = folder / "datasets" / f"breast-cancer-{shard}-of-{shards}.csv"
+        rows = write_shard_csv(path, shard, shards, non_iid=non_iid)
+        entry = registry.add(
+            path, name=f"breast-cancer shard {shard + 1}/{shards}",
+            tags=["breast-cancer", "demo"], target=TARGET,
+            description="scikit-learn's breast-cancer data, one node's shard",
+        )  # fmt: skip
+    typer.echo(f"{folder}: registered {entry.dataset_id} ({rows} rows)")
 
 
 def main() -> None:

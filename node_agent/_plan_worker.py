@@ -1,0 +1,173 @@
+"""The child process that runs a training plan: ``python -m node_agent._plan_worker JOB RESULT``.
+
+It reads a job from the msgpack file JOB (written by :mod:`node_agent.runner`), runs the plan
+and writes a msgpack result to the file RESULT. Nothing is pickled. The job holds ``source``,
+``class_name``, ``params``, ``model_args``, ``training_args``, ``training``, the data
+(``columns``, ``values``, ``target``) and the split (``validation_fraction``, ``split_seed``).
+The result is either::
+
+    {"ok": True, "params": {...}, "sample_size": n, "metrics": {...}, "timing": {...}}
+    {"ok": False, "stage": "train", "error_type": "ValueError", "message": "...",
+     "traceback": "..."}
+
+The plan's exceptions become failure results; the exit code is non-zero only when the worker
+itself could not read its job or write its result.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import types
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from broker_net.codec import decode, encode
+from broker_net.training_plan import TrainingPlan
+
+_T = TypeVar("_T")
+_MESSAGE_LIMIT = 500
+_TRACEBACK_LIMIT = 8000
+
+
+class _StageError(Exception):
+    """A failure in the plan's code, with the stage it happened in."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+
+
+def _stage(stage: str, call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except (Exception, SystemExit) as exc:
+        raise _StageError(stage, exc) from exc
+
+
+def load_plan_class(source: str, class_name: str) -> type[TrainingPlan]:
+    """Execute ``source`` in a fresh module and return its TrainingPlan subclass ``class_name``.
+
+    Raises:
+        TypeError: the module has no such class, or it is not a TrainingPlan subclass.
+        Exception: whatever the plan's module code raises.
+    """
+    name = f"training_plan_{uuid.uuid4().hex}"
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, "<training plan>", "exec"), module.__dict__)
+    cls = module.__dict__.get(class_name)
+    if not (isinstance(cls, type) and issubclass(cls, TrainingPlan)):
+        raise TypeError(f"the plan defines no TrainingPlan subclass named {class_name!r}")
+    return cls
+
+
+def split_rows(n_rows: int, fraction: float, seed: int, *, training: bool) -> tuple[Any, Any]:
+    """Return the (train, validation) row indices of a seeded random split.
+
+    At least one row is kept for training when training.
+    """
+    order = np.random.default_rng(seed).permutation(n_rows)
+    n_validation = min(max(0, round(n_rows * fraction)), n_rows - 1 if training else n_rows)
+    return order[n_validation:], order[:n_validation]
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one training or validation job; failures of the plan's code become failure results."""
+    try:
+        return _run(job)
+    except _StageError as exc:
+        error = exc.error
+        return {
+            "ok": False,
+            "stage": exc.stage,
+            "error_type": type(error).__name__,
+            "message": str(error)[:_MESSAGE_LIMIT],
+            "traceback": "".join(traceback.format_exception(error))[-_TRACEBACK_LIMIT:],
+        }
+
+
+def _run(job: dict[str, Any]) -> dict[str, Any]:
+    columns: list[str] = list(job["columns"])
+    values = np.array(job["values"], dtype=np.float64)
+    target = columns.index(job["target"])
+    x = np.delete(values, target, axis=1)
+    y = values[:, target]
+    training = bool(job["training"])
+    train, validation = split_rows(
+        len(y), float(job["validation_fraction"]), int(job["split_seed"]), training=training
+    )
+    model_args = {"n_features": x.shape[1], **job["model_args"]}
+    cls = _stage("load", lambda: load_plan_class(job["source"], job["class_name"]))
+    plan = _stage("init", cls)
+    _stage("init", lambda: plan.init_model(model_args))
+    params = {name: np.array(value) for name, value in job["params"].items()}
+    if params:
+        _stage("set_params", lambda: plan.set_params(params))
+    metrics: dict[str, float] = {}
+    timing: dict[str, float] = {}
+    if training:
+        wall, cpu = time.perf_counter(), time.process_time()
+        train_metrics = _stage(
+            "train", lambda: plan.train(x[train], y[train], job["training_args"])
+        )
+        timing = {
+            "rtime_training": time.perf_counter() - wall,
+            "ptime_training": time.process_time() - cpu,
+        }
+        metrics.update({f"train_{k}": v for k, v in _floats("train", train_metrics).items()})
+    if len(validation):
+        scores = _stage("evaluate", lambda: plan.evaluate(x[validation], y[validation]))
+        metrics.update(_floats("evaluate", scores))
+    new_params = _stage("get_params", plan.get_params)
+    return {
+        "ok": True,
+        "params": _arrays(new_params),
+        "sample_size": int(len(train) if training else len(validation)),
+        "metrics": metrics,
+        "timing": timing,
+    }
+
+
+def _floats(stage: str, metrics: Any) -> dict[str, float]:
+    try:
+        return {str(name): float(value) for name, value in dict(metrics or {}).items()}
+    except (TypeError, ValueError) as exc:
+        raise _StageError(stage, TypeError(f"metrics must map names to numbers: {exc}")) from exc
+
+
+def _arrays(params: Any) -> dict[str, npt.NDArray[Any]]:
+    try:
+        arrays = {str(name): np.asarray(value) for name, value in dict(params).items()}
+    except (TypeError, ValueError) as exc:
+        raise _StageError("get_params", TypeError(f"params must be a mapping: {exc}")) from exc
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            error = TypeError(f"parameter {name!r} is not a numeric array ({array.dtype})")
+            raise _StageError("get_params", error)
+    return arrays
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job file ``argv[0]`` and write the result file ``argv[1]``; return the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m node_agent._plan_worker JOB RESULT", file=sys.stderr)
+        return 2
+    job_path, result_path = Path(args[0]), Path(args[1])
+    result = run_job(decode(job_path.read_bytes()))
+    partial = result_path.with_suffix(".partial")
+    partial.write_bytes(encode(result))
+    partial.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
