@@ -16,6 +16,7 @@ from broker_net.logs import configure_logging
 from node_agent.agent import NodeAgent
 from node_agent.cli_dataset import dataset_app
 from node_agent.cli_plans import plans_app
+from node_agent.demo_setup import register_demo_shard
 from node_agent.settings import NodeSettings
 
 app = typer.Typer(
@@ -102,24 +103,11 @@ def demo_setup(
 ) -> None:
     """Give this node its shard of scikit-learn's breast-cancer data, registered as a dataset
     tagged ``breast-cancer``. Running it again changes nothing."""
-    from broker_net.sample_data import TARGET, write_shard_csv
-    from node_agent.datasets import DatasetRegistry
-
     default = NodeSettings.model_fields["data_dir"].default
     folder = data_dir or Path(os.environ.get("BROKER_NET_NODE_DATA_DIR", default))
-    folder.mkdir(parents=True, exist_ok=True)
-    with DatasetRegistry(folder) as registry:
-        if registry.list(["breast-cancer"]):
-            typer.echo(f"{folder}: the breast-cancer shard is already registered")
-            return
-        path = folder / "datasets" / f"breast-cancer-{shard}-of-{shards}.csv"
-        rows = write_shard_csv(path, shard, shards, non_iid=non_iid)
-        entry = registry.add(
-            path, name=f"breast-cancer shard {shard + 1}/{shards}",
-            tags=["breast-cancer", "demo"], target=TARGET,
-            description="scikit-learn's breast-cancer data, one node's shard",
-        )  # fmt: skip
-    typer.echo(f"{folder}: registered {entry.dataset_id} ({rows} rows)")
+    entry, created = register_demo_shard(folder, shard, shards, non_iid=non_iid)
+    state = "registered" if created else "already had"
+    typer.echo(f"{folder}: {state} {entry.dataset_id} ({entry.shape[0]} rows)")
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
-"""The demo: three node agents and a researcher, end to end.
+"""The demo: three node agents and a researcher, a federated run end to end.
 
-``python -m researcher.demo`` starts three node agent processes against the local RabbitMQ and
-drives them from async researcher code. ``--simulate`` runs the same story in one process on the
-in-memory transport, for machines without a broker.
+``python -m researcher.demo`` gives three node agent processes their shard of the
+breast-cancer data, starts them against the local RabbitMQ and drives them from async
+researcher code: the training plan goes through approval, then federated analytics, federated
+standardisation and FedAvg rounds, ending with the federated model's test accuracy next to a
+centrally trained one. ``--simulate`` runs the same story in one process on the in-memory
+transport; ``--external-nodes`` drives node agents started elsewhere (docker-compose).
 """
 
 from __future__ import annotations
@@ -20,23 +23,24 @@ from typing import Annotated
 import anyio
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from broker_net.amqp import AmqpTransport
-from broker_net.errors import TransportError
+from broker_net.errors import BrokerNetError
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
+from node_agent.demo_setup import register_demo_shard
+from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings
+from researcher.demo_story import StoryResult, tell
 from researcher.requests import Requests
 
 NODES = ("hospital-a", "hospital-b", "hospital-c")
-NAMESPACE = "demo"
 console = Console()
 
 
 @asynccontextmanager
-async def _node_processes(amqp_url: str, folder: Path) -> AsyncIterator[None]:
+async def _node_processes(amqp_url: str, namespace: str, folder: Path) -> AsyncIterator[None]:
     processes = []
     for node in NODES:
         env = dict(os.environ)
@@ -44,7 +48,7 @@ async def _node_processes(amqp_url: str, folder: Path) -> AsyncIterator[None]:
             BROKER_NET_NODE_NODE_ID=node,
             BROKER_NET_NODE_DATA_DIR=str(folder / node),
             BROKER_NET_NODE_AMQP_URL=amqp_url,
-            BROKER_NET_NODE_NAMESPACE=NAMESPACE,
+            BROKER_NET_NODE_NAMESPACE=namespace,
             BROKER_NET_NODE_HEARTBEAT_INTERVAL="0.5",
         )
         processes.append(
@@ -52,7 +56,6 @@ async def _node_processes(amqp_url: str, folder: Path) -> AsyncIterator[None]:
                 [sys.executable, "-m", "node_agent", "start"],
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
             )
         )
     try:
@@ -62,62 +65,84 @@ async def _node_processes(amqp_url: str, folder: Path) -> AsyncIterator[None]:
             process.terminate()
         for process in processes:
             try:
-                process.wait(timeout=35)
+                await anyio.to_thread.run_sync(process.wait, 35)
             except subprocess.TimeoutExpired:
                 process.kill()
 
 
 @asynccontextmanager
-async def _in_process_nodes(broker: MemoryBroker, folder: Path) -> AsyncIterator[None]:
+async def _in_process_nodes(
+    broker: MemoryBroker, namespace: str, folder: Path
+) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         for node in NODES:
             settings = NodeSettings(
-                node_id=node, data_dir=folder / node, namespace=NAMESPACE, heartbeat_interval=0.5
+                node_id=node, data_dir=folder / node, namespace=namespace, heartbeat_interval=0.5
             )
             transport = await stack.enter_async_context(MemoryTransport(broker))
             await stack.enter_async_context(NodeAgent(settings, transport))
         yield
 
 
-async def run(simulate: bool, amqp_url: str) -> None:
-    """Run the demo story."""
-    mode = "SIMULATION on the in-memory transport" if simulate else f"RabbitMQ at {amqp_url}"
+def _operator(root: Path):  # type: ignore[no-untyped-def]
+    """Approve a plan on a node as its operator would (``node-agent plans approve ID``)."""
+
+    async def approve(node: str, plan_id: str) -> None:
+        def run() -> None:
+            with PlanRegistry(root / node) as plans:
+                plans.approve(plan_id, note="reviewed by the demo operator")
+
+        await anyio.to_thread.run_sync(run)
+        console.print(f"   operator of {node}: node-agent plans approve {plan_id[:12]}")
+
+    return approve
+
+
+async def run(
+    *,
+    simulate: bool,
+    amqp_url: str,
+    namespace: str,
+    rounds: int,
+    non_iid: bool,
+    external_nodes: list[str] | None = None,
+    node_data_root: Path | None = None,
+) -> StoryResult:
+    """Run the demo story and return its figures."""
+    mode = "SIMULATION on the in-memory transport" if simulate else f"RabbitMQ at {_safe(amqp_url)}"
     console.rule(f"broker-net demo: {mode}")
+    nodes = list(external_nodes or NODES)
     broker = MemoryBroker()
     with tempfile.TemporaryDirectory(prefix="broker-net-demo-") as tmp:
-        folder = Path(tmp)
+        root = node_data_root or Path(tmp)
         async with AsyncExitStack() as stack:
-            if simulate:
-                await stack.enter_async_context(_in_process_nodes(broker, folder))
-                transport: MemoryTransport | AmqpTransport = MemoryTransport(broker)
-            else:
-                await stack.enter_async_context(_node_processes(amqp_url, folder))
-                transport = AmqpTransport(amqp_url, connection_name="researcher:demo")
+            if external_nodes is None:
+                for index, node in enumerate(NODES):
+                    await anyio.to_thread.run_sync(
+                        lambda i=index, n=node: register_demo_shard(
+                            root / n, i, len(NODES), non_iid=non_iid
+                        )
+                    )
+                if simulate:
+                    await stack.enter_async_context(_in_process_nodes(broker, namespace, root))
+                else:
+                    await stack.enter_async_context(_node_processes(amqp_url, namespace, root))
+            transport: MemoryTransport | AmqpTransport = (
+                MemoryTransport(broker)
+                if simulate
+                else AmqpTransport(amqp_url, connection_name="researcher:demo")
+            )
             await stack.enter_async_context(transport)
             requests = await stack.enter_async_context(
-                Requests(transport, "demo-researcher", topology=Topology(NAMESPACE))
+                Requests(transport, "demo-researcher", topology=Topology(namespace))
             )
-            with console.status("waiting for the three node agents..."):
-                await requests.wait_for_nodes(NODES, timeout=60)
-            await _ping_story(requests)
+            with console.status(f"waiting for node agents {', '.join(nodes)}..."):
+                await requests.wait_for_nodes(nodes, timeout=90)
+            return await tell(requests, nodes, _operator(root), console, rounds=rounds)
 
 
-async def _ping_story(requests: Requests) -> None:
-    table = Table(title="Ping through the broker")
-    for column in ("node", "status", "round trip (ms)", "node processing (ms)",
-                   "queue + transit (ms)"):  # fmt: skip
-        table.add_column(column)
-    fed = await requests.ping(list(NODES), timeout=10)
-    for node, timing in fed.timings().items():
-        table.add_row(
-            node, fed.status()[node].value, _ms(timing.round_trip), _ms(timing.processing),
-            _ms(timing.queue_and_transit),
-        )  # fmt: skip
-    console.print(table)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.2f}"
+def _safe(url: str) -> str:
+    return url.split("@")[-1] if "@" in url else url
 
 
 def main(
@@ -127,14 +152,36 @@ def main(
     amqp_url: Annotated[
         str, typer.Option(envvar="BROKER_NET_RESEARCHER_AMQP_URL", help="RabbitMQ URL.")
     ] = "amqp://guest:guest@127.0.0.1:5672/",
+    namespace: Annotated[
+        str, typer.Option(envvar="BROKER_NET_RESEARCHER_NAMESPACE", help="Name prefix.")
+    ] = "demo",
+    rounds: Annotated[int, typer.Option(help="FedAvg rounds.")] = 10,
+    non_iid: Annotated[bool, typer.Option(help="Skew each node's label mix.")] = False,
+    external_nodes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated ids of node agents started elsewhere."),
+    ] = None,
+    node_data_root: Annotated[
+        Path | None,
+        typer.Option(help="With --external-nodes: folder holding each node's data folder."),
+    ] = None,
 ) -> None:
     """Run the broker-net demo end to end."""
     started = time.monotonic()
+    nodes = [n.strip() for n in external_nodes.split(",") if n.strip()] if external_nodes else None
+    if nodes is not None and node_data_root is None:
+        raise typer.BadParameter("--external-nodes needs --node-data-root to approve the plan")
     try:
-        anyio.run(run, simulate, amqp_url)
-    except TransportError as exc:
-        console.print(f"[red]The broker failed us: {exc}[/red]")
-        console.print("Run `python -m researcher.demo --simulate` to see the simulation.")
+        anyio.run(
+            lambda: run(
+                simulate=simulate, amqp_url=amqp_url, namespace=namespace, rounds=rounds,
+                non_iid=non_iid, external_nodes=nodes, node_data_root=node_data_root,
+            )
+        )  # fmt: skip
+    except (BrokerNetError, TimeoutError) as exc:
+        console.print(f"[red]The demo failed: {type(exc).__name__}: {exc}[/red]")
+        if not simulate:
+            console.print("`python -m researcher.demo --simulate` runs it without a broker.")
         raise typer.Exit(2) from exc
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
 
