@@ -119,8 +119,11 @@ class FederatedRequest:
         nodes: Sequence[str] | None,
         policies: Sequence[Policy],
         expiration: float | None,
+        request_id: str | None = None,
+        already_sent: Mapping[str, datetime] | None = None,
     ) -> None:
-        self.request_id = _request_id()
+        self.request_id = request_id or _request_id()
+        self._already_sent = dict(already_sent or {})
         self._requests = requests
         self._messages = self._per_node(messages, nodes)
         self._policies: list[Policy] = list(policies)
@@ -244,10 +247,19 @@ class FederatedRequest:
             )  # fmt: skip
 
     async def _send_all(self) -> None:
-        shared = _shared_body(self._messages)
+        now, now_wall = time.monotonic(), utc_now()
+        for node, sent_wall in self._already_sent.items():
+            # Sent by an earlier process: its timeouts keep running from the original send.
+            entry = self._nodes[node]
+            entry.sent_wall = sent_wall
+            entry.sent_at = now - max((now_wall - sent_wall).total_seconds(), 0.0)
+        to_send = {n: m for n, m in self._messages.items() if n not in self._already_sent}
+        shared = _shared_body(to_send)
         async with anyio.create_task_group() as group:
-            for node, message in self._messages.items():
+            for node, message in to_send.items():
                 group.start_soon(self._send_one, node, message, shared)
+        for node, message, arrived in self._requests._take_parked(self.request_id):
+            self._on_reply(node, message, arrived)
 
     async def _send_one(self, node: str, message: RequestMessage, shared: Any) -> None:
         requests = self._requests
@@ -287,9 +299,13 @@ class FederatedRequest:
     def _wake(self) -> None:
         self._changed.set()
 
-    def _on_reply(self, node: str, message: Any) -> None:
+    def sent_at(self) -> dict[str, datetime]:
+        """When the request went to each node (wall clock), for resuming it elsewhere."""
+        return {n: e.sent_wall for n, e in self._nodes.items() if e.sent_wall is not None}
+
+    def _on_reply(self, node: str, message: Any, arrived: float | None = None) -> None:
         entry = self._nodes.get(node)
-        arrived = time.monotonic()
+        arrived = time.monotonic() if arrived is None else arrived
         if entry is None:
             logger.warning("reply to %s from node %s, which was not asked", self.request_id, node)
             return
@@ -420,6 +436,8 @@ class Requests:
         self._reply_prefetch = reply_prefetch
         self._pending: dict[str, FederatedRequest] = {}
         self._ended: deque[str] = deque(maxlen=10_000)
+        self._parked: dict[str, list[tuple[str, Any, float]]] = {}
+        self._parked_limit = 10_000
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
@@ -442,6 +460,8 @@ class Requests:
         policies: Iterable[Policy] = (),
         *,
         expiration: float | None = None,
+        request_id: str | None = None,
+        already_sent: Mapping[str, datetime] | None = None,
     ) -> FederatedRequest:
         """Prepare a federated request; ``async with`` it to send and wait.
 
@@ -451,11 +471,17 @@ class Requests:
             policies: when to stop waiting (see :mod:`researcher.policies`).
             expiration: seconds after which an unclaimed request is dead-lettered by the
                 broker; defaults to the longest policy timeout.
+            request_id: reuse this id instead of a fresh one (to resume a request).
+            already_sent: nodes an earlier process already sent this request to, with the
+                send time; they are not sent again, their replies are collected from the
+                durable reply queue and their timeouts run from the original send.
 
         Raises:
             ValueError: a node has no message, or is named twice.
         """
-        return FederatedRequest(self, messages, nodes, list(policies), expiration)
+        return FederatedRequest(
+            self, messages, nodes, list(policies), expiration, request_id, already_sent
+        )
 
     async def request(
         self,
@@ -464,9 +490,14 @@ class Requests:
         policies: Iterable[Policy] = (),
         *,
         expiration: float | None = None,
+        request_id: str | None = None,
+        already_sent: Mapping[str, datetime] | None = None,
     ) -> FederatedRequest:
-        """Send and wait; return the finished :class:`FederatedRequest`."""
-        async with self.send(messages, nodes, policies, expiration=expiration) as fed:
+        """Send and wait; return the finished :class:`FederatedRequest` (see :meth:`send`)."""
+        async with self.send(
+            messages, nodes, policies, expiration=expiration, request_id=request_id,
+            already_sent=already_sent,
+        ) as fed:  # fmt: skip
             return fed
 
     async def ping(
@@ -502,6 +533,14 @@ class Requests:
         if self._pending.pop(fed.request_id, None) is not None:
             self._ended.append(fed.request_id)
 
+    def _take_parked(self, request_id: str) -> list[tuple[str, Any, float]]:
+        return self._parked.pop(request_id, [])
+
+    def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
+        """Replies to requests this process did not send, by request id, until a resumed
+        request claims them."""
+        return {rid: [(n, m) for n, m, _ in entries] for rid, entries in self._parked.items()}
+
     def _late(self, request_id: str, node: str, message: Any) -> None:
         logger.info("late reply to %s from node %s kept in the late-reply log", request_id, node)
         self.late_replies.append(LateReply(request_id, node, message, utc_now()))
@@ -533,8 +572,13 @@ class Requests:
         elif request_id in self._ended:
             self._late(request_id, node, message)
         else:
-            logger.warning("reply to unknown request %s from node %s", request_id, node)
-            self._late(request_id or "", node, message)
+            # Perhaps a request an earlier process sent, that a job will resume: keep it.
+            logger.info("parking a reply to unknown request %s from node %s", request_id, node)
+            self._parked.setdefault(request_id or "", []).append((node, message, time.monotonic()))
+            while sum(len(v) for v in self._parked.values()) > self._parked_limit:
+                oldest = next(iter(self._parked))
+                for parked_node, parked, _ in self._parked.pop(oldest):
+                    self._late(oldest, parked_node, parked)
 
     async def _consume_presence(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         queue = self.topology.presence_queue(self.researcher_id)

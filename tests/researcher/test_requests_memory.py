@@ -137,3 +137,25 @@ async def test_nodes_default_to_those_online(network: tuple[MemoryBroker, Reques
     fed = await requests.ping(timeout=2)
     assert set(fed.replies()) == {"n1", "n2", "slow"}
     assert all(t.processing is not None for t in fed.timings().values())
+
+
+async def test_a_request_resumed_by_id_collects_replies_sent_before_it(
+    network: tuple[MemoryBroker, Requests],
+) -> None:
+    _, requests = network
+    first = requests.send(_ping(), ["n1", "n2"], [DiscardOnTimeout(2)])
+    # Simulate a process that sent the request and died: send, then forget the request.
+    requests._register(first)
+    await first._send_all()
+    requests._pending.pop(first.request_id)
+    with anyio.fail_after(2):
+        while len(requests.parked_replies().get(first.request_id, [])) < 2:
+            await anyio.sleep(0.01)
+
+    resumed = await requests.request(
+        _ping(), ["n1", "n2"], [DiscardOnTimeout(2)],
+        request_id=first.request_id, already_sent=first.sent_at(),
+    )  # fmt: skip
+
+    assert resumed.status() == {"n1": RequestStatus.SUCCESS, "n2": RequestStatus.SUCCESS}
+    assert requests.parked_replies() == {}
