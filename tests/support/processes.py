@@ -21,15 +21,20 @@ class AgentProcesses:
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self._all: list[subprocess.Popen[str]] = []
 
-    def start(self, node_id: str, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
-        """Start a test agent (see tests/support/agent_process.py) and wait until it consumes."""
+    def start(
+        self, node_id: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Start a test agent (see tests/support/agent_process.py) and wait until it consumes.
+
+        ``env`` adds ``BROKER_NET_NODE_*`` settings, e.g. a short plan timeout.
+        """
         command = [
             sys.executable, "-m", "tests.support.agent_process",
             "--node-id", node_id, "--namespace", self.namespace,
             "--amqp-url", self.amqp_url, "--data-dir", str(self.base_dir / node_id), *extra,
         ]  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+            command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
         )
         self.processes[node_id] = process
         self._all.append(process)
