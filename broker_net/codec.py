@@ -56,7 +56,7 @@ def _ndarray_parts(array: np.ndarray[Any, Any]) -> Parts:
         raise CodecError("numpy arrays of Python objects cannot be encoded")
     contiguous = np.ascontiguousarray(array)
     meta = msgpack.packb([np.lib.format.dtype_to_descr(array.dtype), list(array.shape)])
-    raw = memoryview(contiguous.reshape(-1).view(np.uint8))
+    raw = memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
     length = _META_LEN.size + len(meta) + raw.nbytes
     if length > 0xFFFFFFFF:
         raise CodecError(f"an array of {raw.nbytes} bytes does not fit a msgpack extension")

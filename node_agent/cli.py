@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -36,8 +36,8 @@ def _root() -> None:
 
 def load_settings(env_file: Path | None, **overrides: object) -> NodeSettings:
     """Settings from the environment (``BROKER_NET_NODE_*``), an env file, then overrides."""
-    values = {key: value for key, value in overrides.items() if value is not None}
-    return NodeSettings(_env_file=env_file, **values)  # type: ignore[call-arg]
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    return NodeSettings(_env_file=env_file, **values)
 
 
 @app.command()

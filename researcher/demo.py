@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -119,8 +120,8 @@ async def run(
             if external_nodes is None:
                 for index, node in enumerate(NODES):
                     await anyio.to_thread.run_sync(
-                        lambda i=index, n=node: register_demo_shard(
-                            root / n, i, len(NODES), non_iid=non_iid
+                        partial(
+                            register_demo_shard, root / node, index, len(NODES), non_iid=non_iid
                         )
                     )
                 if simulate:

@@ -184,7 +184,7 @@ class Experiment:
         folder = self.output_dir / self.experiment_id
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "model.npz"
-        np.savez(model_path, **result.params)
+        np.savez(model_path, **result.params)  # type: ignore[arg-type]
         rounds = [
             {**asdict(record), "timings": {n: asdict(t) for n, t in record.timings.items()}}
             for record in result.rounds

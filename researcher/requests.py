@@ -569,7 +569,7 @@ class Requests:
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
             fed._on_reply(node, message)
-        elif request_id in self._ended:
+        elif request_id is not None and request_id in self._ended:
             self._late(request_id, node, message)
         else:
             # Perhaps a request an earlier process sent, that a job will resume: keep it.
