@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Any, Self
 
 import anyio
 from anyio.abc import TaskGroup
 
+from broker_net.authentication import Security
 from broker_net.codec import MessageValidationError, decode_message
-from broker_net.envelope import Envelope, EnvelopeHeader, amqp_headers, seal, unseal
+from broker_net.envelope import (
+    Authenticator,
+    Envelope,
+    EnvelopeHeader,
+    amqp_headers,
+    seal,
+    unseal,
+)
 from broker_net.errors import (
     CodecError,
     DecodeError,
     MessageTooLargeError,
     ProtocolVersionError,
+    SecurityError,
     TransportError,
 )
 from broker_net.messages import (
@@ -31,6 +41,7 @@ from broker_net.messages import (
     Heartbeat,
     utc_now,
 )
+from broker_net.security import ReplayedMessageError
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from broker_net.version import __version__
@@ -63,6 +74,8 @@ class NodeAgent:
         handlers: handler per request type (defaults to the built-in ones).
         shutdown_grace: seconds in-flight requests may take to finish when stopping; requests
             still running after that are given back to the queue.
+        security: this node's identity and trusted researchers; loaded from the data folder
+            when omitted and ``settings.security`` is on.
     """
 
     def __init__(
@@ -72,8 +85,10 @@ class NodeAgent:
         *,
         handlers: dict[str, Handler] | None = None,
         shutdown_grace: float = 30.0,
+        security: Security | None = None,
     ) -> None:
         self.settings = settings
+        self.security = security
         self.transport = transport
         self.topology = Topology(settings.namespace, settings.queue_type)
         self.handlers = dict(HANDLERS if handlers is None else handlers)
@@ -93,6 +108,13 @@ class NodeAgent:
         return self.settings.node_id
 
     async def __aenter__(self) -> Self:
+        if self.security is None and self.settings.security:
+            self.security = await anyio.to_thread.run_sync(
+                partial(
+                    Security.load, self.settings.identity_dir, self.node_id, "node",
+                    self.settings.trust_path, window=self.settings.message_window,
+                )
+            )  # fmt: skip
         self.context = await anyio.to_thread.run_sync(NodeContext.open, self.settings)
         self.replies = ReplyStore(self.settings.data_dir / "replies.sqlite")
         await self.transport.declare(*self.topology.node_declarations(self.node_id))
@@ -174,6 +196,15 @@ class NodeAgent:
         if request_id is None:
             await self._refuse_unreadable(delivery, DecodeError("the request carries no id"))
             return
+        replayed: SecurityError | None = None
+        if self.security is not None:
+            try:
+                self.security.verify(envelope)
+            except ReplayedMessageError as exc:
+                replayed = exc  # a redelivery is answered again below; anything else is refused
+            except SecurityError as exc:
+                await self._refuse(delivery, envelope, request_id, exc)
+                return
         # Light requests are answered from memory only; anything heavier may have been answered
         # by an earlier run of this agent, whose replies are on disk.
         on_disk = delivery.redelivered or envelope.header.message_type not in _LIGHT_TYPES
@@ -192,6 +223,9 @@ class NodeAgent:
                 await self._send_stored(delivery, request_id, stored)
             else:
                 await _settle_quietly(delivery.reject(requeue=True))
+            return
+        if replayed is not None:
+            await self._refuse(delivery, envelope, request_id, replayed)
             return
         done = self._inflight[request_id] = anyio.Event()
         try:
@@ -259,6 +293,44 @@ class NodeAgent:
             details=details or {},
         )
 
+    async def _refuse(
+        self, delivery: Delivery, envelope: Envelope, request_id: str, exc: SecurityError
+    ) -> None:
+        """Answer a message that failed authentication; it is never decoded nor executed."""
+        header = envelope.header
+        code = getattr(exc, "code", ErrorCode.SECURITY_ERROR)
+        logger.warning(
+            "refused message %s claiming to come from %s: %s", header.message_id,
+            header.sender_id, exc,
+        )  # fmt: skip
+        address = self._reply_address(delivery, header)
+        if address is None:
+            await _settle_quietly(delivery.reject(requeue=False))
+            return
+        error = self._error(request_id, None, code, str(exc))
+        error = error.model_copy(update={"replied_at": utc_now()})
+        reply_header = self._reply_header(error, request_id, recipient=header.sender_id)
+        try:
+            await self._publish_reply(address, reply_header, error)
+        except TransportError as publish_error:
+            logger.warning("could not answer a refused message: %s", publish_error)
+        await _settle_quietly(delivery.ack())
+
+    def _reply_address(self, delivery: Delivery, header: EnvelopeHeader) -> str | None:
+        """Where the reply goes: with security on, always the claimed sender's own reply
+        queue, whatever ``reply_to`` says, so a replayed request cannot divert an answer."""
+        if self.security is None:
+            return delivery.reply_to
+        if header.sender_role != "researcher":
+            return None
+        try:
+            return self.topology.researcher_queue(header.sender_id).name
+        except ValueError:
+            return None
+
+    def _authenticator(self, recipient: str) -> Authenticator | None:
+        return None if self.security is None else self.security.authenticator_for(recipient)
+
     async def _refuse_unreadable(self, delivery: Delivery, exc: DecodeError) -> None:
         """Answer bytes that are not an envelope, if the AMQP properties say where to."""
         request_id = delivery.correlation_id
@@ -290,22 +362,23 @@ class NodeAgent:
     async def _reply(
         self, delivery: Delivery, envelope: Envelope, request_id: str, reply: Any
     ) -> None:
-        reply_to = delivery.reply_to
+        reply_to = self._reply_address(delivery, envelope.header)
         if not reply_to:
             logger.warning("request %s has no reply_to; dead-lettering it", request_id)
             await _settle_quietly(delivery.reject(requeue=False))
             return
-        header = self._reply_header(reply, request_id, recipient=envelope.header.sender_id)
+        recipient = envelope.header.sender_id
+        header = self._reply_header(reply, request_id, recipient=recipient)
         try:
-            body = seal(header, reply)
+            body = seal(header, reply, authenticator=self._authenticator(recipient))
         except CodecError as exc:
             logger.error("the reply to %s cannot be encoded: %s", request_id, exc)
             reply = self._error(
                 request_id, getattr(reply, "researcher_id", None), ErrorCode.NODE_ERROR,
                 "the node produced a reply that cannot be encoded",
             )  # fmt: skip
-            header = self._reply_header(reply, request_id, recipient=envelope.header.sender_id)
-            body = seal(header, reply)
+            header = self._reply_header(reply, request_id, recipient=recipient)
+            body = seal(header, reply, authenticator=self._authenticator(recipient))
         stored = StoredReply(body, reply_to, reply.type, header.message_id)
         assert self.replies is not None
         if reply.type != "error" and envelope.header.message_type not in _LIGHT_TYPES:
@@ -347,7 +420,7 @@ class NodeAgent:
             self.topology.replies_exchange.name,
             reply_to,
             OutgoingMessage(
-                body=seal(header, reply),
+                body=seal(header, reply, authenticator=self._authenticator(header.recipient)),
                 message_id=header.message_id,
                 type=header.message_type,
                 correlation_id=header.request_id,
@@ -401,7 +474,7 @@ class NodeAgent:
                 self.topology.presence_exchange.name,
                 "",
                 OutgoingMessage(
-                    body=seal(header, beat),
+                    body=seal(header, beat, authenticator=self._authenticator("*")),
                     message_id=header.message_id,
                     type=beat.type,
                     headers=amqp_headers(header, beat),

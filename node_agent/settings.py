@@ -43,6 +43,18 @@ class NodeSettings(BaseSettings):
     max_message_size: int = Field(
         default=4 * 1024**3, gt=0, description="Largest request accepted, in bytes."
     )
+    security: bool = Field(
+        default=True,
+        description="Authenticate every message: refuse what a trusted researcher did not sign.",
+    )
+    trusted_researchers: Path | None = Field(
+        default=None,
+        description="File or folder (*.pub) of researcher identities this node accepts; "
+        "default <data_dir>/trusted-researchers.",
+    )
+    message_window: float = Field(
+        default=300.0, gt=0, description="Seconds a message's timestamp may be off."
+    )
     log_level: str = Field(default="WARNING", description="Logging level.")
     log_json: bool = Field(default=False, description="Write logs as JSON lines.")
 
@@ -50,6 +62,16 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _check_node_id(cls, value: str) -> str:
         return check_id("node id", value)
+
+    @property
+    def identity_dir(self) -> Path:
+        """Where this node's identity keys live."""
+        return self.data_dir / "identity"
+
+    @property
+    def trust_path(self) -> Path:
+        """The researcher identities this node trusts."""
+        return self.trusted_researchers or self.data_dir / "trusted-researchers"
 
     @property
     def display_name(self) -> str:

@@ -26,7 +26,9 @@ import typer
 from rich.console import Console
 
 from broker_net.amqp import AmqpTransport
+from broker_net.authentication import Security
 from broker_net.errors import BrokerNetError
+from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
@@ -37,6 +39,7 @@ from researcher.demo_story import StoryResult, tell
 from researcher.requests import Requests
 
 NODES = ("hospital-a", "hospital-b", "hospital-c")
+RESEARCHER = "demo-researcher"
 console = Console()
 
 
@@ -116,7 +119,12 @@ async def run(
     broker = MemoryBroker()
     with tempfile.TemporaryDirectory(prefix="broker-net-demo-") as tmp:
         root = node_data_root or Path(tmp)
+        researcher_dir = Path(tmp) / RESEARCHER
         async with AsyncExitStack() as stack:
+            if external_nodes is not None:
+                with console.status("waiting for the node agents' identities..."):
+                    await _wait_for_identities(root, nodes)
+            security = await anyio.to_thread.run_sync(_introduce, researcher_dir, root, nodes)
             if external_nodes is None:
                 for index, node in enumerate(NODES):
                     await anyio.to_thread.run_sync(
@@ -135,11 +143,35 @@ async def run(
             )
             await stack.enter_async_context(transport)
             requests = await stack.enter_async_context(
-                Requests(transport, "demo-researcher", topology=Topology(namespace))
+                Requests(transport, RESEARCHER, topology=Topology(namespace), security=security)
             )
             with console.status(f"waiting for node agents {', '.join(nodes)}..."):
                 await requests.wait_for_nodes(nodes, timeout=90)
             return await tell(requests, nodes, _operator(root), console, rounds=rounds)
+
+
+def _introduce(researcher_dir: Path, root: Path, nodes: list[str]) -> Security:
+    """The operators' key exchange: each node trusts the researcher, the researcher each node."""
+    fingerprints = introduce(RESEARCHER, researcher_dir, {node: root / node for node in nodes})
+    console.print(
+        "0. Trust: every message is authenticated. Fingerprints: "
+        + ", ".join(f"{party} {fp[:14]}" for party, fp in fingerprints.items())
+    )
+    return Security.load(
+        researcher_dir / "identity", RESEARCHER, "researcher", researcher_dir / "trusted-nodes"
+    )
+
+
+async def _wait_for_identities(root: Path, nodes: list[str]) -> None:
+    with anyio.fail_after(90):
+        while not all((root / n / "identity" / "identity.pub").exists() for n in nodes):  # noqa: ASYNC110
+            await anyio.sleep(0.2)
+
+
+def _first_failure(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _safe(url: str) -> str:
@@ -179,8 +211,9 @@ def main(
                 non_iid=non_iid, external_nodes=nodes, node_data_root=node_data_root,
             )
         )  # fmt: skip
-    except (BrokerNetError, TimeoutError) as exc:
-        console.print(f"[red]The demo failed: {type(exc).__name__}: {exc}[/red]")
+    except (BrokerNetError, TimeoutError, ExceptionGroup) as exc:
+        failure = _first_failure(exc)
+        console.print(f"[red]The demo failed: {type(failure).__name__}: {failure}[/red]")
         if not simulate:
             console.print("`python -m researcher.demo --simulate` runs it without a broker.")
         raise typer.Exit(2) from exc

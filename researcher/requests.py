@@ -25,9 +25,17 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
+from broker_net.authentication import Security
 from broker_net.codec import decode_message, encode_parts
-from broker_net.envelope import EnvelopeHeader, amqp_headers, seal_parts, unseal
-from broker_net.errors import DecodeError, TransportError, UnroutableError
+from broker_net.envelope import (
+    Authenticator,
+    Envelope,
+    EnvelopeHeader,
+    amqp_headers,
+    seal_parts,
+    unseal,
+)
+from broker_net.errors import DecodeError, SecurityError, TransportError, UnroutableError
 from broker_net.messages import (
     ErrorMessage,
     Heartbeat,
@@ -268,7 +276,7 @@ class FederatedRequest:
         )
         body = shared if shared is not None else encode_parts(message)
         outgoing = OutgoingMessage(
-            body=b"".join(seal_parts(header, body)),
+            body=b"".join(seal_parts(header, body, authenticator=requests.authenticator_for(node))),
             message_id=header.message_id,
             type=message.type,
             correlation_id=self.request_id,
@@ -410,6 +418,8 @@ class Requests:
             set no timeout of their own; no wait is ever unbounded.
         heartbeat_patience: heartbeat intervals a node may miss before it counts as gone.
         presence_check_interval: seconds between liveness checks for StopOnDisconnect.
+        security: this researcher's identity and trusted nodes; every request is then
+            authenticated and every reply and heartbeat verified before it is decoded.
     """
 
     def __init__(
@@ -422,9 +432,11 @@ class Requests:
         heartbeat_patience: float = 3.0,
         presence_check_interval: float = 0.5,
         reply_prefetch: int = 512,
+        security: Security | None = None,
         late_reply_log_size: int = 1000,
     ) -> None:
         self.transport = transport
+        self.security = security
         self.researcher_id = researcher_id
         self.topology = topology or Topology()
         self.default_timeout = default_timeout
@@ -553,9 +565,26 @@ class Requests:
                 self._dispatch_reply(delivery.body)
                 await delivery.ack()
 
-    def _dispatch_reply(self, body: bytes) -> None:
+    def authenticator_for(self, node: str) -> Authenticator | None:
+        """How messages to ``node`` are authenticated (None with security off)."""
+        return None if self.security is None else self.security.authenticator_for(node)
+
+    def _verified(self, body: bytes, what: str) -> Envelope | None:
+        """Unseal and authenticate an envelope; None (logged) when it must be dropped."""
         try:
             envelope = unseal(body)
+            if self.security is not None:
+                self.security.verify(envelope)
+        except (DecodeError, SecurityError) as exc:
+            logger.warning("dropping a %s: %s: %s", what, type(exc).__name__, exc)
+            return None
+        return envelope
+
+    def _dispatch_reply(self, body: bytes) -> None:
+        envelope = self._verified(body, "reply")
+        if envelope is None:
+            return
+        try:
             message = decode_message(envelope.body)
         except DecodeError as exc:
             logger.warning("dropping an unreadable reply: %s", exc)
@@ -585,13 +614,17 @@ class Requests:
         async with self.transport.consume(queue, prefetch=256) as deliveries:
             task_status.started()
             async for delivery in deliveries:
+                envelope = self._verified(delivery.body, "heartbeat")
                 try:
-                    envelope = unseal(delivery.body)
-                    beat = decode_message(envelope.body)
+                    beat = decode_message(envelope.body) if envelope is not None else None
                 except DecodeError as exc:
                     logger.warning("dropping an unreadable heartbeat: %s", exc)
                 else:
-                    if isinstance(beat, Heartbeat) and beat.node_id == envelope.header.sender_id:
+                    if (
+                        envelope is not None
+                        and isinstance(beat, Heartbeat)
+                        and beat.node_id == envelope.header.sender_id
+                    ):
                         self.presence.update(
                             beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
                         )

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_net.authentication import Security
 from broker_net.topology import DEFAULT_NAMESPACE, Topology, check_id
 
 
@@ -29,6 +30,13 @@ class ResearcherSettings(BaseSettings):
     default_timeout: float = Field(
         default=600.0, gt=0, description="Seconds before a silent node is given up on."
     )
+    security: bool = Field(
+        default=True, description="Authenticate every message with this researcher's keys."
+    )
+    trusted_nodes: Path | None = Field(
+        default=None,
+        description="File or folder (*.pub) of node identities; default <data_dir>/trusted-nodes.",
+    )
     log_level: str = "WARNING"
     log_json: bool = False
 
@@ -36,6 +44,17 @@ class ResearcherSettings(BaseSettings):
     @classmethod
     def _check_id(cls, value: str) -> str:
         return check_id("researcher id", value)
+
+    def load_security(self) -> Security | None:
+        """This researcher's identity and trusted nodes, or None with security off."""
+        if not self.security:
+            return None
+        return Security.load(
+            self.data_dir / "identity",
+            self.researcher_id,
+            "researcher",
+            self.trusted_nodes or self.data_dir / "trusted-nodes",
+        )
 
     @property
     def topology(self) -> Topology:

@@ -59,7 +59,7 @@ def _fa(request_id: str | None = None) -> FARequest:
 async def _agent(
     stack: AsyncExitStack, broker: MemoryBroker, data_dir: Path, handler: FakeAnalytics
 ) -> NodeAgent:
-    settings = NodeSettings(node_id="n1", data_dir=data_dir, namespace="agent")
+    settings = NodeSettings(node_id="n1", data_dir=data_dir, namespace="agent", security=False)
     transport = await stack.enter_async_context(MemoryTransport(broker))
     handlers = dict(HANDLERS, fa_request=handler)
     return await stack.enter_async_context(

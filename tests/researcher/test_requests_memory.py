@@ -42,7 +42,9 @@ async def network(tmp_path: Path) -> AsyncIterator[tuple[MemoryBroker, Requests]
         async with Requests(researcher_transport, "alice", topology=TOPOLOGY) as requests:
             async with AsyncExitStack() as stack:
                 for node, delay in delays.items():
-                    settings = NodeSettings(node_id=node, data_dir=tmp_path / node, namespace="mem")
+                    settings = NodeSettings(
+                        node_id=node, data_dir=tmp_path / node, namespace="mem", security=False
+                    )
                     transport = await stack.enter_async_context(MemoryTransport(broker))
                     handlers = dict(HANDLERS, ping_request=_slow_ping(delay))
                     await stack.enter_async_context(

@@ -48,6 +48,7 @@ async def _main(args: argparse.Namespace) -> None:
         amqp_url=args.amqp_url,
         data_dir=args.data_dir,
         heartbeat_interval=args.heartbeat,
+        security=args.security,
     )
     handlers = dict(HANDLERS)
     handlers["ping_request"] = _ping_handler(args.delay, args.fail, args.runs_file)
@@ -80,5 +81,6 @@ if __name__ == "__main__":
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--runs-file", type=Path)
     parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--security", action="store_true", help="authenticate messages")
     configure_logging("WARNING")
     anyio.run(_main, parser.parse_args())
