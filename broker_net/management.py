@@ -90,6 +90,17 @@ class ManagementClient:
             {"configure": configure, "write": write, "read": read},
         )
 
+    async def set_topic_permissions(
+        self, vhost: str, username: str, exchange: str, *, write: str, read: str
+    ) -> None:
+        """Restrict which routing keys ``username`` may publish with (write) or bind with
+        (read) on the topic exchange ``exchange``."""
+        await self._call(
+            "PUT",
+            f"/topic-permissions/{_q(vhost)}/{_q(username)}",
+            {"exchange": exchange, "write": write, "read": read},
+        )
+
     async def queues(self, vhost: str, prefix: str = "") -> list[dict[str, Any]]:
         """Queues of a vhost whose names start with ``prefix``."""
         found = await self._call("GET", f"/queues/{_q(vhost)}") or []

@@ -65,7 +65,8 @@ class Topology:
     Args:
         namespace: prefix of every name; tests use a fresh one for isolation.
         queue_type: ``quorum`` for node and reply queues on a RabbitMQ cluster.
-        max_queue_length: optional bound on a node's request queue (overflow is dead-lettered).
+        max_queue_length: optional bound on a node's request queue; a publish to a full queue
+            is refused (and, on classic queues, dead-lettered).
     """
 
     namespace: str = DEFAULT_NAMESPACE
@@ -77,13 +78,19 @@ class Topology:
 
     @property
     def requests_exchange(self) -> ExchangeSpec:
-        """Direct exchange routing each request to its node's queue by node id."""
-        return ExchangeSpec(f"{self.namespace}.requests", "direct")
+        """Exchange routing each request to its node's queue by node id.
+
+        A topic exchange (node ids hold no dots or wildcards, so it routes like a direct one)
+        because RabbitMQ's topic permissions then restrict which routing key each node's user
+        may bind: a node can bind its queue only to its own id.
+        """
+        return ExchangeSpec(f"{self.namespace}.requests", "topic")
 
     @property
     def replies_exchange(self) -> ExchangeSpec:
-        """Direct exchange routing each reply to its researcher's queue by queue name."""
-        return ExchangeSpec(f"{self.namespace}.replies", "direct")
+        """Exchange routing each reply to its researcher's queue by queue name (a topic
+        exchange, for the same reason as :attr:`requests_exchange`)."""
+        return ExchangeSpec(f"{self.namespace}.replies", "topic")
 
     @property
     def presence_exchange(self) -> ExchangeSpec:
@@ -112,7 +119,10 @@ class Topology:
         }
         if self.max_queue_length is not None:
             arguments["x-max-length"] = self.max_queue_length
-            arguments["x-overflow"] = "reject-publish-dlx"
+            # Quorum queues cannot dead-letter a refused publish: given reject-publish-dlx,
+            # RabbitMQ silently drops the oldest request instead. Refusing is what matters.
+            classic = self.queue_type == "classic"
+            arguments["x-overflow"] = "reject-publish-dlx" if classic else "reject-publish"
         return QueueSpec(
             f"{self.namespace}.node.{node_id}.requests",
             arguments=arguments,
@@ -141,8 +151,12 @@ class Topology:
         )
 
     def node_declarations(self, node_id: str) -> list[ExchangeSpec | QueueSpec]:
-        """Everything a node agent declares before consuming, in order."""
-        return [*self._exchanges(), self.dead_letter_queue, self.node_queue(node_id)]
+        """Everything a node agent declares before consuming, in order.
+
+        The dead-letter queue is left to the researcher and to provisioning, so a node's
+        broker user needs no rights on it.
+        """
+        return [*self._exchanges(), self.node_queue(node_id)]
 
     def researcher_declarations(self, researcher_id: str) -> list[ExchangeSpec | QueueSpec]:
         """Everything a researcher declares before sending, in order."""

@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker_net.authentication import Security
+from broker_net.chunking import TransferFailure, failure
 from broker_net.codec import MessageValidationError, decode_message
 from broker_net.envelope import (
     Authenticator,
@@ -187,6 +188,10 @@ class NodeAgent:
 
     async def _handle(self, delivery: Delivery) -> None:
         received_at = utc_now()
+        refused = failure(delivery)
+        if refused is not None:
+            await self._refuse_transfer(delivery, refused)
+            return
         try:
             envelope = unseal(delivery.body, max_size=self.settings.max_message_size)
         except DecodeError as exc:
@@ -205,27 +210,27 @@ class NodeAgent:
             except SecurityError as exc:
                 await self._refuse(delivery, envelope, request_id, exc)
                 return
+        running = self._inflight.get(request_id)
+        if running is not None:
+            # The same request is being handled (a redelivery after a dropped channel, or a
+            # republished copy): wait for it, then answer from its stored reply.
+            self.counters["duplicates"] += 1
+            await running.wait()
+        if replayed is not None and not delivery.redelivered:
+            # A copy of a message already verified: refused. Its original was answered first.
+            await self._refuse(delivery, envelope, request_id, replayed)
+            return
         # Light requests are answered from memory only; anything heavier may have been answered
         # by an earlier run of this agent, whose replies are on disk.
         on_disk = delivery.redelivered or envelope.header.message_type not in _LIGHT_TYPES
         stored = await self._stored_reply(request_id, look_on_disk=on_disk)
         if stored is not None:
-            self.counters["duplicates"] += 1
+            self.counters["duplicates"] += running is None
             logger.info("request %s was answered before; sending the stored reply", request_id)
             await self._send_stored(delivery, request_id, stored)
             return
-        running = self._inflight.get(request_id)
         if running is not None:
-            self.counters["duplicates"] += 1
-            await running.wait()
-            stored = await self._stored_reply(request_id)
-            if stored is not None:
-                await self._send_stored(delivery, request_id, stored)
-            else:
-                await _settle_quietly(delivery.reject(requeue=True))
-            return
-        if replayed is not None:
-            await self._refuse(delivery, envelope, request_id, replayed)
+            await _settle_quietly(delivery.reject(requeue=True))
             return
         done = self._inflight[request_id] = anyio.Event()
         try:
@@ -331,11 +336,20 @@ class NodeAgent:
     def _authenticator(self, recipient: str) -> Authenticator | None:
         return None if self.security is None else self.security.authenticator_for(recipient)
 
-    async def _refuse_unreadable(self, delivery: Delivery, exc: DecodeError) -> None:
+    async def _refuse_transfer(self, delivery: Delivery, refused: TransferFailure) -> None:
+        """Answer a request whose chunks could not be put back together: corrupted, too large,
+        or arriving while the node reassembles too much already."""
+        code = ErrorCode.__members__.get(refused.code, ErrorCode.TRANSFER_ERROR)
+        await self._refuse_unreadable(delivery, DecodeError(refused.reason), code=code)
+
+    async def _refuse_unreadable(
+        self, delivery: Delivery, exc: DecodeError, *, code: ErrorCode | None = None
+    ) -> None:
         """Answer bytes that are not an envelope, if the AMQP properties say where to."""
         request_id = delivery.correlation_id
         if delivery.reply_to and request_id:
-            code = next(code for cls, code in _DECODE_CODES if isinstance(exc, cls))
+            if code is None:
+                code = next(code for cls, code in _DECODE_CODES if isinstance(exc, cls))
             error = self._error(request_id, None, code, str(exc))
             error = error.model_copy(update={"replied_at": utc_now()})
             header = self._reply_header(error, request_id, recipient=delivery.reply_to)

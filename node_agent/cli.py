@@ -11,6 +11,7 @@ import anyio
 import typer
 
 from broker_net.amqp import AmqpTransport
+from broker_net.cli_identity import identity_commands
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
 from node_agent.agent import NodeAgent
@@ -27,6 +28,16 @@ app = typer.Typer(
 
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(plans_app, name="plans")
+
+
+def _locate_identity() -> tuple[str, Path, Path]:
+    settings = NodeSettings()  # type: ignore[call-arg]
+    return settings.node_id, settings.identity_dir, settings.trust_path
+
+
+_identity_app, _trust_app = identity_commands("node", _locate_identity)
+app.add_typer(_identity_app, name="identity")
+app.add_typer(_trust_app, name="trust")
 
 
 @app.callback()

@@ -13,6 +13,7 @@ from rich.table import Table
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
+from researcher.cli_security import identity_app, provision_command, trust_app
 from researcher.requests import Requests
 from researcher.settings import ResearcherSettings
 from researcher.status import NodeStatus, collect_status
@@ -46,7 +47,7 @@ def status(
     ] = 3.0,
 ) -> None:
     """Show every node: online or not, last heartbeat, queue depth, consumers, unacked
-    messages and message rates. Exits with code 1 when a node is down."""
+    messages and message rates. Exits with code 1 when a node is down or none is found."""
     settings = _settings()
 
     async def run() -> list[NodeStatus]:
@@ -59,6 +60,11 @@ def status(
         raise _fail(exc) from exc
     if as_json:
         typer.echo(json.dumps([s.as_dict() for s in statuses], indent=2))
+    elif not statuses:
+        console.print(
+            f"[red]No node in namespace {settings.namespace!r} on vhost {settings.vhost!r}: "
+            "no node queue there and no heartbeat heard.[/red]"
+        )
     else:
         table = Table(title=f"broker-net nodes in namespace {settings.namespace!r}")
         for column in ("node", "online", "last heartbeat (s ago)", "version", "queued",
@@ -74,7 +80,7 @@ def status(
                 f"{s.publish_rate:.1f}", f"{s.deliver_rate:.1f}", f"{s.ack_rate:.1f}",
             )  # fmt: skip
         console.print(table)
-    if any(not s.online for s in statuses):
+    if not statuses or any(not s.online for s in statuses):
         raise typer.Exit(1)
 
 
@@ -125,6 +131,11 @@ def ping(
         console.print(table)
     if not results or any(row["status"] != "SUCCESS" for row in results.values()):
         raise typer.Exit(1)
+
+
+app.add_typer(identity_app, name="identity")
+app.add_typer(trust_app, name="trust")
+app.command("provision")(provision_command)
 
 
 def main() -> None:
