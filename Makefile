@@ -48,3 +48,11 @@ bench: $(STAMP) broker ## Every benchmark, as ratios against a raw aio-pika base
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: compose-env compose-check
+
+compose-env: ## Write .env for docker-compose with fresh random passwords (never overwrites one).
+	@bash scripts/compose-env.sh
+
+compose-check: $(STAMP) broker ## The deployment tests: compose file, definitions, status, the compose services run locally.
+	$(BIN)/pytest tests/deploy

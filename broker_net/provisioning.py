@@ -30,7 +30,7 @@ class Permissions:
 
 
 def _names(*names: str) -> str:
-    return "|".join(f"^{re.escape(name)}$" for name in names)
+    return "|".join(f"^{re.escape(name)}$" for name in dict.fromkeys(names))
 
 
 def _exchange_names(topology: Topology) -> list[str]:
@@ -66,26 +66,28 @@ def node_permissions(topology: Topology, node_id: str) -> Permissions:
 
 
 def researcher_permissions(topology: Topology, researcher_id: str) -> Permissions:
-    """What researcher ``researcher_id``'s broker user may do."""
-    replies = topology.researcher_queue(researcher_id).name
-    presence = topology.presence_queue(researcher_id).name
+    """What researcher ``researcher_id``'s broker user may do.
+
+    Its own reply and presence queues include those of helper ids ``<id>-<suffix>`` (the
+    ``researcher status`` command listens under ``<id>-status``).
+    """
+    check_id("researcher id", researcher_id)
+    ns = re.escape(topology.namespace)
+    own = f"^{ns}\\.researcher\\.{re.escape(researcher_id)}(-[A-Za-z0-9_-]+)?\\.(replies|presence)$"
+    own_replies = own.replace("(replies|presence)", "replies")
     dead_letter = topology.dead_letter_queue.name
-    exchanges = [spec.name for spec in topology._exchanges()]
-    node_queues = f"^{re.escape(topology.namespace)}\\.node\\.[^.]+\\.requests$"
     return Permissions(
-        configure=_names(replies, presence, dead_letter, *exchanges),
-        write=_names(topology.requests_exchange.name, replies, presence, dead_letter),
-        read=_names(
-            replies,
-            presence,
+        configure=f"{own}|" + _names(dead_letter, *_exchange_names(topology)),
+        write=f"{own}|" + _names(topology.requests_exchange.name, dead_letter),
+        read=f"{own}|"
+        + _names(
             topology.replies_exchange.name,
             topology.presence_exchange.name,
             topology.dead_letter_exchange.name,
-        )
-        + f"|{node_queues}",
+        ),
         topics={
             topology.requests_exchange.name: (".*", NOTHING),
-            topology.replies_exchange.name: (NOTHING, f"^{re.escape(replies)}$"),
+            topology.replies_exchange.name: (NOTHING, own_replies),
         },
     )
 

@@ -5,7 +5,8 @@ breast-cancer data, starts them against the local RabbitMQ and drives them from 
 researcher code: the training plan goes through approval, then federated analytics, federated
 standardisation and FedAvg rounds, ending with the federated model's test accuracy next to a
 centrally trained one. ``--simulate`` runs the same story in one process on the in-memory
-transport; ``--external-nodes`` drives node agents started elsewhere (docker-compose).
+transport; ``--external-nodes`` drives node agents started elsewhere (docker-compose);
+``--secagg`` runs the FedAvg rounds with secure aggregation.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from researcher.demo_story import StoryResult, tell
 from researcher.requests import Requests
 
 NODES = ("hospital-a", "hospital-b", "hospital-c")
-RESEARCHER = "demo-researcher"
+RESEARCHER = os.environ.get("BROKER_NET_RESEARCHER_RESEARCHER_ID", "demo-researcher")
 console = Console()
 
 
@@ -111,6 +112,7 @@ async def run(
     non_iid: bool,
     external_nodes: list[str] | None = None,
     node_data_root: Path | None = None,
+    secagg: bool = False,
 ) -> StoryResult:
     """Run the demo story and return its figures."""
     mode = "SIMULATION on the in-memory transport" if simulate else f"RabbitMQ at {_safe(amqp_url)}"
@@ -147,7 +149,9 @@ async def run(
             )
             with console.status(f"waiting for node agents {', '.join(nodes)}..."):
                 await requests.wait_for_nodes(nodes, timeout=90)
-            return await tell(requests, nodes, _operator(root), console, rounds=rounds)
+            return await tell(
+                requests, nodes, _operator(root), console, rounds=rounds, secagg=secagg
+            )
 
 
 def _introduce(researcher_dir: Path, root: Path, nodes: list[str]) -> Security:
@@ -198,6 +202,9 @@ def main(
         Path | None,
         typer.Option(help="With --external-nodes: folder holding each node's data folder."),
     ] = None,
+    secagg: Annotated[
+        bool, typer.Option(help="Aggregate with secure aggregation: only masked updates travel.")
+    ] = False,
 ) -> None:
     """Run the broker-net demo end to end."""
     started = time.monotonic()
@@ -209,6 +216,7 @@ def main(
             lambda: run(
                 simulate=simulate, amqp_url=amqp_url, namespace=namespace, rounds=rounds,
                 non_iid=non_iid, external_nodes=nodes, node_data_root=node_data_root,
+                secagg=secagg,
             )
         )  # fmt: skip
     except (BrokerNetError, TimeoutError, ExceptionGroup) as exc:

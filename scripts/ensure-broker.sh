@@ -17,7 +17,7 @@ fi
 
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
   say "broker-net: no RabbitMQ answers on 127.0.0.1:$AMQP_PORT and rabbitmq-server is not installed."
-  say "            Install RabbitMQ or run 'docker compose up rabbitmq', then try again."
+  say "            Install RabbitMQ (Debian: apt-get install rabbitmq-server), then try again."
   exit 1
 fi
 
