@@ -45,8 +45,13 @@ def identity_commands(
     ) -> None:
         """Trust a party from its public identity line (after checking its fingerprint)."""
         _, _, trust_dir = locate()
-        path = Path(source)
-        text = path.read_text().strip() if path.exists() else source.strip()
+        text = source.strip()
+        if not text.startswith("{"):  # a file name, not the identity line itself
+            try:
+                text = Path(source).read_text().strip()
+            except OSError as exc:
+                typer.echo(f"cannot read {source}: {exc}", err=True)
+                raise typer.Exit(2) from exc
         try:
             identity = PublicIdentity.from_text(text)
         except (SecurityError, ValueError) as exc:

@@ -176,3 +176,58 @@ def decrypt_arrays(
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise DecodeError(f"the decrypted {context.purpose} is not a mapping of names")
     return value
+
+
+PAYLOAD_ALGORITHM = "x25519-hkdf-sha256-aes256gcm/v1"
+"""The ``alg`` of an encrypted payload made by :func:`encrypt_payload`."""
+PARAMS_PURPOSE = "params"
+"""The purpose of an encrypted parameter set (``TrainRequest``/``TrainReply.params``)."""
+AUX_VAR_PURPOSE = "optim_aux_var"
+"""The purpose of encrypted optimizer auxiliary variables."""
+
+
+def encrypt_payload(
+    recipient: PublicIdentity,
+    sender: Identity,
+    arrays: Mapping[str, Any],
+    *,
+    context: EncryptionContext,
+) -> dict[str, Any]:
+    """Encrypt a mapping of arrays into the form a message field carries in its place:
+    ``{"encrypted": ciphertext, "alg": PAYLOAD_ALGORITHM}`` (see :func:`encrypt_arrays`).
+
+    Raises:
+        CodecError: a value cannot be encoded.
+    """
+    ciphertext = encrypt_arrays(recipient, sender, arrays, context=context)
+    return {"encrypted": ciphertext, "alg": PAYLOAD_ALGORITHM}
+
+
+def is_encrypted_payload(value: Any) -> bool:
+    """Whether ``value`` has the form :func:`encrypt_payload` makes."""
+    return (
+        isinstance(value, Mapping)
+        and set(value) == {"encrypted", "alg"}
+        and isinstance(value["encrypted"], bytes)
+    )
+
+
+def decrypt_payload(
+    sender: PublicIdentity,
+    recipient: Identity,
+    payload: Mapping[str, Any],
+    *,
+    context: EncryptionContext,
+) -> dict[str, Any]:
+    """Decrypt what :func:`encrypt_payload` made.
+
+    Raises:
+        DecryptionError: not an encrypted payload, an unknown algorithm, or the ciphertext does
+            not decrypt (altered, another sender or recipient, or another context).
+    """
+    if not is_encrypted_payload(payload) or payload["alg"] != PAYLOAD_ALGORITHM:
+        raise DecryptionError(f"the {context.purpose} is not a {PAYLOAD_ALGORITHM} payload")
+    try:
+        return decrypt_arrays(sender, recipient, payload["encrypted"], context=context)
+    except DecodeError as exc:
+        raise DecryptionError(f"the decrypted {context.purpose} is not a mapping") from exc

@@ -26,6 +26,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record, so a stream swapped
+    in and closed by a caller (test runners, CLI harnesses) is never written to later."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(level: str = "WARNING", *, json_lines: bool = False) -> None:
     """Send broker-net's logs to stderr at ``level`` (warnings only by default).
 
@@ -33,7 +49,7 @@ def configure_logging(level: str = "WARNING", *, json_lines: bool = False) -> No
         level: a logging level name.
         json_lines: write JSON lines instead of human-readable text.
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = _StderrHandler()
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:

@@ -10,6 +10,7 @@ here is persisted.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -20,6 +21,13 @@ from typing import Any, Self
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from broker_net.chunking import (
+    Chunking,
+    ProgressCallback,
+    ReassembledStream,
+    Reassembler,
+    publish_chunked,
+)
 from broker_net.errors import ConnectionLostError, PublishError, UnroutableError
 from broker_net.topology import ExchangeKind, ExchangeSpec, QueueSpec
 from broker_net.transport import Delivery, OutgoingMessage
@@ -56,10 +64,14 @@ class _Queue:
 
     def put(self, stored: _Stored) -> None:
         limit = self.spec.arguments.get("x-max-length")
-        if limit is not None and len(self.ready) >= limit:
-            self.broker.dead_letter(self, stored, "maxlen")
+        overflow = self.spec.arguments.get("x-overflow", "drop-head")
+        if limit is not None and len(self.ready) >= limit and overflow != "drop-head":
+            if overflow == "reject-publish-dlx":
+                self.broker.dead_letter(self, stored, "maxlen")
             raise PublishError(f"queue {self.spec.name!r} is full ({limit} messages)")
         self.ready.append(stored)
+        while limit is not None and len(self.ready) > limit:
+            self.broker.dead_letter(self, self.ready.popleft(), "maxlen")
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -100,7 +112,7 @@ class _Queue:
                 self.broker.dead_letter(self, entry, "rejected")
 
         delivery = Delivery(
-            body=message.body,
+            body=message.body_bytes(),
             message_id=message.message_id,
             type=message.type,
             correlation_id=message.correlation_id,
@@ -179,9 +191,15 @@ class MemoryBroker:
             if mandatory:
                 raise UnroutableError(exchange, routing_key)
             return
+        refused: PublishError | None = None
         for queue in queues:
             ttl = _expiration(message, queue.spec.arguments)
-            queue.put(_Stored(message, exchange, routing_key, ttl))
+            try:
+                queue.put(_Stored(message, exchange, routing_key, ttl))
+            except PublishError as exc:  # the other queues still take the message
+                refused = exc
+        if refused is not None:
+            raise refused
 
     def expire(self) -> None:
         """Dead-letter the expired messages waiting in every queue.
@@ -217,10 +235,17 @@ def _expiration(message: OutgoingMessage, arguments: dict[str, Any]) -> float | 
 
 
 class MemoryTransport:
-    """One party's connection to a :class:`MemoryBroker`."""
+    """One party's connection to a :class:`MemoryBroker`.
 
-    def __init__(self, broker: MemoryBroker) -> None:
+    Args:
+        broker: the broker shared with the other parties.
+        chunking: when bodies are split into chunks, and the limits on reassembling them;
+            the same as on RabbitMQ, so simulations and tests exercise the same path.
+    """
+
+    def __init__(self, broker: MemoryBroker, *, chunking: Chunking | None = None) -> None:
         self.broker = broker
+        self.chunking = chunking or Chunking()
         self._consumers: set[_Consumer] = set()
         self._open = False
 
@@ -256,7 +281,17 @@ class MemoryTransport:
         *,
         mandatory: bool = False,
     ) -> None:
-        """Route ``message`` to its queues at once."""
+        """Route ``message`` to its queues at once (as chunks above the chunk size)."""
+        await publish_chunked(
+            lambda part: self._publish_one(exchange, routing_key, part, mandatory),
+            message,
+            self.chunking,
+        )
+
+    async def _publish_one(
+        self, exchange: str, routing_key: str, message: OutgoingMessage, mandatory: bool
+    ) -> None:
+        # publish_chunked hands every message over with a body of bytes.
         self._check_open()
         self.broker.expire()
         self.broker.publish(exchange, routing_key, message, mandatory)
@@ -264,24 +299,37 @@ class MemoryTransport:
 
     @asynccontextmanager
     async def consume(
-        self, queue: QueueSpec, *, prefetch: int = 16
+        self,
+        queue: QueueSpec,
+        *,
+        prefetch: int = 16,
+        on_progress: ProgressCallback | None = None,
     ) -> AsyncIterator[AsyncIterator[Delivery]]:
-        """Declare and consume ``queue``; unsettled deliveries are requeued when the block
-        exits."""
+        """Declare and consume ``queue``, reassembling chunked messages; unsettled deliveries
+        are requeued when the block exits."""
         self._check_open()
         self.broker.expire()
         self.broker.declare_queue(queue)
         send: MemoryObjectSendStream[Delivery]
         receive: MemoryObjectReceiveStream[Delivery]
-        send, receive = anyio.create_memory_object_stream[Delivery](max_buffer_size=prefetch)
+        # Unbounded: the consumer's prefetch, which chunked transfers raise, bounds it.
+        send, receive = anyio.create_memory_object_stream[Delivery](max_buffer_size=math.inf)
         target = self.broker.queues[queue.name]
         consumer = _Consumer(target, prefetch, send)
         target.consumers.append(consumer)
         self._consumers.add(consumer)
         target.dispatch()
+
+        async def set_prefetch(count: int) -> bool:
+            consumer.prefetch = count
+            target.dispatch()
+            await anyio.lowlevel.checkpoint()
+            return True
+
+        reassembler = Reassembler(self.chunking, on_progress=on_progress)
         try:
             async with receive:
-                yield receive
+                yield ReassembledStream(receive, reassembler, prefetch, set_prefetch)
         finally:
             self._cancel(consumer)
 

@@ -298,7 +298,12 @@ class TrainRequest(_Request):
     state_id: str | None = None
     aggregator_args: dict[str, Any] = Field(default_factory=dict)
     secagg_arguments: dict[str, Any] | None = None
+    """``{"secagg_id", "round"}``: answer with a masked vector instead of plain parameters."""
     optim_aux_var: dict[str, Any] | None = None
+    """Optimizer auxiliary variables, plain or encrypted (``{"encrypted", "alg"}``); the node
+    answers an encrypted one with an encrypted one."""
+    encrypt_params: bool = False
+    """``params`` is encrypted for the node, which encrypts its reply's ``params`` too."""
 
 
 class TrainReply(_Reply):
@@ -317,6 +322,53 @@ class TrainReply(_Reply):
     optim_aux_var: dict[str, Any] | None = None
     encrypted: bool = False
     msg: str = ""
+
+
+# --- secure aggregation ------------------------------------------------------------------------
+
+SecaggStep: TypeAlias = Literal["keys", "shares", "deliver", "reveal"]
+"""The exchanges of secure aggregation, in order (see :mod:`broker_net.secagg`)."""
+
+
+class SecaggRequest(_Request):
+    """One exchange of secure aggregation, to set a context up or to unmask one of its rounds.
+
+    What each ``step`` carries:
+
+    - ``keys``: ``context``, a :class:`~broker_net.secagg.SecaggContext` as a dict. The node
+      draws its seeds and answers its signed public keys.
+    - ``shares``: ``public_keys``, every participant's keys as the researcher relays them. The
+      node answers its seed shares, encrypted for each peer.
+    - ``deliver``: ``shares``, the encrypted shares the other participants made for this node,
+      by owner. The node keeps them; setup is over.
+    - ``reveal``: ``round`` and ``survivors``, the nodes whose masked vectors the researcher
+      received. The node answers its shares of the survivors' self seeds and of the dropped
+      nodes' round keys.
+    """
+
+    type: Literal["secagg_request"] = "secagg_request"
+    secagg_id: str = Field(min_length=1)
+    experiment_id: str = Field(min_length=1)
+    step: SecaggStep
+    context: dict[str, Any] | None = None
+    public_keys: list[dict[str, Any]] = Field(default_factory=list)
+    shares: dict[str, bytes] = Field(default_factory=dict)
+    round: int | None = Field(default=None, ge=0)
+    survivors: list[str] = Field(default_factory=list)
+
+
+class SecaggReply(_Reply):
+    """A node's answer to one :class:`SecaggRequest` step: its signed ``public_keys``
+    (``keys``), its encrypted ``shares`` by peer (``shares``), nothing (``deliver``) or its
+    ``revealed`` shares (``reveal``)."""
+
+    type: Literal["secagg_reply"] = "secagg_reply"
+    secagg_id: str = Field(min_length=1)
+    experiment_id: str = Field(min_length=1)
+    step: SecaggStep
+    public_keys: dict[str, Any] | None = None
+    shares: dict[str, bytes] = Field(default_factory=dict)
+    revealed: dict[str, Any] | None = None
 
 
 # --- training plans ----------------------------------------------------------------------------
@@ -404,6 +456,7 @@ RequestMessage: TypeAlias = (
     | TrainRequest
     | TrainingPlanStatusRequest
     | ApprovalRequest
+    | SecaggRequest
 )
 ReplyMessage: TypeAlias = (
     PingReply
@@ -413,6 +466,7 @@ ReplyMessage: TypeAlias = (
     | TrainReply
     | TrainingPlanStatusReply
     | ApprovalReply
+    | SecaggReply
 )
 AnyMessage: TypeAlias = Annotated[
     RequestMessage | ReplyMessage | Heartbeat | ErrorMessage,
@@ -424,7 +478,8 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     for cls in (
         PingRequest, PingReply, ListRequest, ListReply, FARequest, FAReply, PreprocRequest,
         PreprocReply, TrainRequest, TrainReply, TrainingPlanStatusRequest,
-        TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, Heartbeat, ErrorMessage,
+        TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, SecaggRequest, SecaggReply,
+        Heartbeat, ErrorMessage,
     )
 }  # fmt: skip
 """Every message class by its ``type`` tag."""
@@ -437,6 +492,7 @@ REPLY_TYPES: dict[type[BaseModel], type[BaseModel]] = {
     TrainRequest: TrainReply,
     TrainingPlanStatusRequest: TrainingPlanStatusReply,
     ApprovalRequest: ApprovalReply,
+    SecaggRequest: SecaggReply,
 }
 """The reply class expected for each request class."""
 

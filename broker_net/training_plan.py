@@ -50,8 +50,9 @@ class TrainingPlan(ABC):
     Subclasses implement the five methods below and are built without arguments. A node calls,
     in order:
     ``init_model(model_args)``, ``set_params(params)`` with the researcher's global parameters,
-    then ``train(x, y, training_args)`` (skipped in validation-only rounds),
-    ``evaluate(x_val, y_val)`` and ``get_params()``.
+    ``set_aux_var(aux_var)`` when the request carries optimizer auxiliary variables, then
+    ``train(x, y, training_args)`` (skipped in validation-only rounds),
+    ``evaluate(x_val, y_val)``, ``get_params()`` and ``get_aux_var()``.
     """
 
     @abstractmethod
@@ -82,6 +83,16 @@ class TrainingPlan(ABC):
     @abstractmethod
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
         """Return metrics of the model on ``x`` and ``y``, e.g. ``loss`` and ``accuracy``."""
+
+    def set_aux_var(self, aux_var: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Receive the researcher's optimizer auxiliary variables (such as a global Scaffold
+        correction) before ``train``; called only when the request carries some. Plans
+        without an optimizer state ignore them."""
+
+    def get_aux_var(self) -> dict[str, Any]:
+        """Return auxiliary variables for the researcher's optimizer, read after training
+        (arrays by name, nested mappings allowed); none by default."""
+        return {}
 
 
 class LogisticRegressionPlan(TrainingPlan):

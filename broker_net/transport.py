@@ -10,16 +10,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias
 
 from broker_net.topology import ExchangeSpec, QueueSpec
+
+if TYPE_CHECKING:
+    from broker_net.chunking import ProgressCallback
+
+
+Body: TypeAlias = bytes | tuple[bytes | memoryview, ...]
+"""A message body: bytes, or the buffers that make it up, in order (see
+:attr:`OutgoingMessage.body`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A message to publish: the envelope bytes and the AMQP properties around them."""
 
-    body: bytes
+    body: Body
+    """The envelope: bytes, or the buffers that make it up (as :func:`seal_parts` returns
+    them). A transport cuts chunks straight from the buffers, so a large envelope is never
+    joined into one object: that would cost a copy and its size in memory."""
     message_id: str
     type: str
     correlation_id: str | None = None
@@ -29,13 +40,33 @@ class OutgoingMessage:
     """Seconds after which an unconsumed message is dead-lettered instead of delivered."""
     persistent: bool = True
 
+    @property
+    def size(self) -> int:
+        """The body's length in bytes."""
+        if isinstance(self.body, bytes):
+            return len(self.body)
+        return sum(memoryview(part).nbytes for part in self.body)
+
+    def body_bytes(self) -> bytes:
+        """The body as one bytes object (joined if it is in parts)."""
+        if isinstance(self.body, bytes):
+            return self.body
+        return b"".join(self.body)
+
 
 @dataclass(slots=True, eq=False)
 class Delivery:
     """A message received from a queue. Settle it exactly once with :meth:`ack` or
-    :meth:`reject`; an unsettled delivery is redelivered when its consumer goes away."""
+    :meth:`reject`; an unsettled delivery is redelivered when its consumer goes away.
 
-    body: bytes
+    Settling a delivery whose consumer or connection is already gone does nothing: the broker
+    has taken the message back and delivers it again, with ``redelivered`` set.
+
+    A message that arrived in chunks has a ``memoryview`` of the buffer it was reassembled
+    into as its body, handed over without a copy.
+    """
+
+    body: bytes | bytearray | memoryview
     message_id: str | None
     type: str | None
     correlation_id: str | None
@@ -80,7 +111,8 @@ class Transport(Protocol):
         *,
         mandatory: bool = False,
     ) -> None:
-        """Publish and wait until the broker has taken responsibility for the message.
+        """Publish and wait until the broker has taken responsibility for the message; a
+        body above the transport's chunk size goes as a stream of chunks.
 
         Raises:
             UnroutableError: ``mandatory`` is set and no queue is bound for ``routing_key``.
@@ -90,13 +122,18 @@ class Transport(Protocol):
         ...
 
     def consume(
-        self, queue: QueueSpec, *, prefetch: int = 16
+        self,
+        queue: QueueSpec,
+        *,
+        prefetch: int = 16,
+        on_progress: ProgressCallback | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
         """Declare and consume ``queue``:
         ``async with t.consume(q) as deliveries: async for d in deliveries: ...``.
 
-        At most ``prefetch`` deliveries are unsettled at once. Leaving the block cancels the
-        consumer; unsettled deliveries go back to the queue.
+        At most ``prefetch`` deliveries are unsettled at once; a message that arrived in chunks
+        counts as one (see :mod:`broker_net.chunking`) and ``on_progress`` hears of each chunk.
+        Leaving the block cancels the consumer; unsettled deliveries go back to the queue.
         """
         ...
 

@@ -3,10 +3,11 @@
 It reads a job from the msgpack file JOB (written by :mod:`node_agent.runner`), runs the plan
 and writes a msgpack result to the file RESULT. Nothing is pickled. The job holds ``source``,
 ``class_name``, ``params``, ``model_args``, ``training_args``, ``training``, the data
-(``columns``, ``values``, ``target``) and the split (``validation_fraction``, ``split_seed``).
-The result is either::
+(``columns``, ``values``, ``target``), the split (``validation_fraction``, ``split_seed``) and
+optionally ``aux_var``. The result is either::
 
-    {"ok": True, "params": {...}, "sample_size": n, "metrics": {...}, "timing": {...}}
+    {"ok": True, "params": {...}, "aux_var": {...}, "sample_size": n, "metrics": {...},
+     "timing": {...}}
     {"ok": False, "stage": "train", "error_type": "ValueError", "message": "...",
      "traceback": "..."}
 
@@ -111,6 +112,9 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     params = {name: np.array(value) for name, value in job["params"].items()}
     if params:
         _stage("set_params", lambda: plan.set_params(params))
+    aux_var = dict(job.get("aux_var") or {})
+    if aux_var:
+        _stage("set_aux_var", lambda: plan.set_aux_var(aux_var))
     metrics: dict[str, float] = {}
     timing: dict[str, float] = {}
     if training:
@@ -127,9 +131,14 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         scores = _stage("evaluate", lambda: plan.evaluate(x[validation], y[validation]))
         metrics.update(_floats("evaluate", scores))
     new_params = _stage("get_params", plan.get_params)
+    new_aux_var = _stage("get_aux_var", plan.get_aux_var)
+    if not isinstance(new_aux_var, dict):
+        raise _StageError("get_aux_var", TypeError("auxiliary variables must be a dict"))
+    _stage("get_aux_var", lambda: encode(new_aux_var))  # arrays, numbers, strings: nothing else
     return {
         "ok": True,
         "params": _arrays(new_params),
+        "aux_var": new_aux_var,
         "sample_size": int(len(train) if training else len(validation)),
         "metrics": metrics,
         "timing": timing,

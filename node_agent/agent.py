@@ -18,13 +18,14 @@ from anyio.abc import TaskGroup
 
 from broker_net.authentication import Security
 from broker_net.chunking import TransferFailure, failure
-from broker_net.codec import MessageValidationError, decode_message
+from broker_net.codec import MessageValidationError, decode_message, encode_parts
 from broker_net.envelope import (
     Authenticator,
     Envelope,
     EnvelopeHeader,
     amqp_headers,
     seal,
+    seal_parts,
     unseal,
 )
 from broker_net.errors import (
@@ -42,9 +43,9 @@ from broker_net.messages import (
     Heartbeat,
     utc_now,
 )
-from broker_net.security import ReplayedMessageError
+from broker_net.security import MisdirectedMessageError, ReplayedMessageError
 from broker_net.topology import Topology
-from broker_net.transport import Delivery, OutgoingMessage, Transport
+from broker_net.transport import Body, Delivery, OutgoingMessage, Transport
 from broker_net.version import __version__
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS, HEAVY_MESSAGE_TYPES, Handler
@@ -116,7 +117,9 @@ class NodeAgent:
                     self.settings.trust_path, window=self.settings.message_window,
                 )
             )  # fmt: skip
-        self.context = await anyio.to_thread.run_sync(NodeContext.open, self.settings)
+        self.context = await anyio.to_thread.run_sync(
+            partial(NodeContext.open, self.settings, security=self.security)
+        )
         self.replies = ReplyStore(self.settings.data_dir / "replies.sqlite")
         await self.transport.declare(*self.topology.node_declarations(self.node_id))
         self._task_group = anyio.create_task_group()
@@ -205,6 +208,9 @@ class NodeAgent:
         if self.security is not None:
             try:
                 self.security.verify(envelope)
+            except MisdirectedMessageError as exc:
+                await self._refuse(delivery, envelope, request_id, exc)
+                return
             except ReplayedMessageError as exc:
                 replayed = exc  # a redelivery is answered again below; anything else is refused
             except SecurityError as exc:
@@ -383,8 +389,9 @@ class NodeAgent:
             return
         recipient = envelope.header.sender_id
         header = self._reply_header(reply, request_id, recipient=recipient)
+        authenticator = self._authenticator(recipient)
         try:
-            body = seal(header, reply, authenticator=self._authenticator(recipient))
+            parts = seal_parts(header, encode_parts(reply), authenticator=authenticator)
         except CodecError as exc:
             logger.error("the reply to %s cannot be encoded: %s", request_id, exc)
             reply = self._error(
@@ -392,36 +399,51 @@ class NodeAgent:
                 "the node produced a reply that cannot be encoded",
             )  # fmt: skip
             header = self._reply_header(reply, request_id, recipient=recipient)
-            body = seal(header, reply, authenticator=self._authenticator(recipient))
-        stored = StoredReply(body, reply_to, reply.type, header.message_id)
-        assert self.replies is not None
-        if reply.type != "error" and envelope.header.message_type not in _LIGHT_TYPES:
-            await anyio.to_thread.run_sync(self.replies.persist, request_id, stored)
+            parts = seal_parts(header, encode_parts(reply), authenticator=authenticator)
+        size = sum(memoryview(part).nbytes for part in parts)
+        if size > STORED_REPLY_LIMIT:
+            # Kept nowhere: holding it would double the node's memory, and SQLite refuses
+            # blobs over 1 GB. A redelivery after a crash runs the request again.
+            logger.info("the reply to %s (%d bytes) is sent without being stored", request_id,
+                        size)  # fmt: skip
+            body: Body = tuple(parts)
         else:
-            self.replies.remember(request_id, stored)
-        await self._send_stored(delivery, request_id, stored, reply=reply)
+            body = b"".join(parts)
+            stored = StoredReply(body, reply_to, reply.type, header.message_id)
+            assert self.replies is not None
+            if reply.type != "error" and envelope.header.message_type not in _LIGHT_TYPES:
+                await anyio.to_thread.run_sync(self.replies.persist, request_id, stored)
+            else:
+                self.replies.remember(request_id, stored)
+        await self._send(delivery, request_id, body, reply_to, header, reply)
 
-    async def _send_stored(
-        self, delivery: Delivery, request_id: str, stored: StoredReply, reply: Any = None
-    ) -> None:
-        message = OutgoingMessage(
-            body=stored.body,
-            message_id=stored.message_id,
-            type=stored.message_type,
-            correlation_id=request_id,
-            headers=amqp_headers(
-                EnvelopeHeader(
-                    message_id=stored.message_id, sender_id=self.node_id, sender_role="node",
-                    recipient=stored.reply_to, message_type=stored.message_type,
-                    request_id=request_id,
-                ),
-                reply,
-            ),
+    async def _send_stored(self, delivery: Delivery, request_id: str, stored: StoredReply) -> None:
+        header = EnvelopeHeader(
+            message_id=stored.message_id, sender_id=self.node_id, sender_role="node",
+            recipient=stored.reply_to, message_type=stored.message_type, request_id=request_id,
         )  # fmt: skip
+        await self._send(delivery, request_id, stored.body, stored.reply_to, header)
+
+    async def _send(
+        self,
+        delivery: Delivery,
+        request_id: str,
+        body: Body,
+        reply_to: str,
+        header: EnvelopeHeader,
+        reply: Any = None,
+    ) -> None:
+        """Publish a reply, then settle its request: acked once the broker has the reply,
+        given back when it could not be published."""
+        message = OutgoingMessage(
+            body=body,
+            message_id=header.message_id,
+            type=header.message_type,
+            correlation_id=request_id,
+            headers=amqp_headers(header, reply),
+        )
         try:
-            await self.transport.publish(
-                self.topology.replies_exchange.name, stored.reply_to, message
-            )
+            await self.transport.publish(self.topology.replies_exchange.name, reply_to, message)
         except TransportError as exc:
             # Not acked: the broker redelivers the request and the stored reply is sent then.
             logger.warning("could not publish the reply to %s: %s", request_id, exc)
@@ -499,6 +521,9 @@ class NodeAgent:
         except TransportError as exc:
             logger.info("heartbeat not sent: %s", exc)
 
+
+STORED_REPLY_LIMIT = 64 * 1024**2
+"""Replies larger than this many bytes are not kept for answering redeliveries."""
 
 _LIGHT_TYPES = frozenset({"ping_request", "list_request", "training_plan_status_request"})
 

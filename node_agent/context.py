@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from broker_net.authentication import Security
 from broker_net.messages import ErrorCode
+from broker_net.secagg_node import SecaggNode
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings
@@ -30,15 +32,24 @@ class NodeContext:
     """The node's settings and stores, shared by every handler.
 
     Build it with :meth:`open`; every store is safe to use from worker threads.
+
+    Attributes:
+        security: the node's identity and trusted researchers, when the agent authenticates
+            messages; secure aggregation and encrypted payloads need it.
+        secagg: the node's side of each secure aggregation context, by researcher id and
+            secagg id. Kept in memory only: an agent that restarts forgets its contexts, and
+            their later rounds count it as dropped out.
     """
 
     settings: NodeSettings
     datasets: DatasetRegistry
     plans: PlanRegistry
     states: NodeStateStore
+    security: Security | None = None
+    secagg: dict[tuple[str, str], SecaggNode] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, settings: NodeSettings) -> NodeContext:
+    def open(cls, settings: NodeSettings, *, security: Security | None = None) -> NodeContext:
         """Create the data folder and open the node's stores in it."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         datasets = DatasetRegistry(settings.data_dir)
@@ -52,7 +63,7 @@ class NodeContext:
         except BaseException:
             datasets.close()
             raise
-        return cls(settings, datasets, plans, states)
+        return cls(settings, datasets, plans, states, security)
 
     def close(self) -> None:
         """Close the node's stores."""

@@ -38,6 +38,7 @@ from broker_net.version import __version__
 from node_agent.analytics import AnalyticsArgumentError, statistics_for_request
 from node_agent.context import HandlerError, NodeContext
 from node_agent.datasets import DataLoadingError, DatasetNotFoundError
+from node_agent.payloads import open_request, seal_reply
 from node_agent.plans import PlanInvalidError, compute_plan_id
 from node_agent.preprocessing import PreprocessingError, load_training_table, run_preprocessing
 from node_agent.runner import (
@@ -46,6 +47,12 @@ from node_agent.runner import (
     PlanTimeoutError,
     TrainingDataError,
     run_training,
+)
+from node_agent.secagg_handlers import (
+    handle_secagg,
+    mask_params,
+    mask_statistics,
+    secagg_node_for,
 )
 from node_agent.state import StateNotFoundError
 
@@ -110,15 +117,35 @@ async def handle_list(request: ListRequest, context: NodeContext) -> ListReply:
 
 
 async def handle_fa(request: FARequest, context: NodeContext) -> FAReply:
-    """Compute the requested statistics over a dataset (plain output; no secure aggregation).
+    """Compute the requested statistics over a dataset.
+
+    With ``secagg_arguments`` the reply is encrypted: the additive totals behind count,
+    missing, sum, mean, variance and std, masked (see
+    :func:`node_agent.secagg_handlers.mask_statistics`), so the researcher learns only sums.
 
     Raises:
         HandlerError: DATASET_NOT_FOUND, DATA_LOADING_FAILED, BAD_ARGUMENTS (unknown statistic
-            or column, bad options), ANALYTICS_FAILED; SECAGG_FAILED when secure aggregation is
-            asked for, which this handler does not do.
+            or column, bad options, a statistic secure aggregation cannot give),
+            ANALYTICS_FAILED, SECAGG_FAILED.
     """
     if request.secagg_arguments:
-        raise HandlerError(ErrorCode.SECAGG_FAILED, "this node does not do secure aggregation")
+        node, round_ = secagg_node_for(request, context)
+
+        def mask() -> tuple[Any, list[dict[str, Any]]]:
+            table = context.datasets.load(request.dataset_id)
+            return mask_statistics(node, round_, table, request)
+
+        with _errors_as(ErrorCode.ANALYTICS_FAILED, "federated analytics"):
+            masked, schema = await anyio.to_thread.run_sync(mask)
+        return FAReply(
+            **_stamp(request, context),
+            experiment_id=request.experiment_id,
+            fa_id=request.fa_id,
+            stats=request.stats,
+            encrypted=True,
+            params_encrypted=[masked],
+            output_schema=schema,
+        )
 
     def compute() -> dict[str, Any]:
         return statistics_for_request(context.datasets.load(request.dataset_id), request)
@@ -210,11 +237,19 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
     against every other column; ``training_args`` may set ``validation_fraction`` (0.2) and
     ``split_seed`` (0) of the node's train / validation split.
 
+    Encrypted parameters and auxiliary variables are decrypted first and the reply's encrypted
+    in kind (see :mod:`node_agent.payloads`). With ``secagg_arguments`` the reply's ``params``
+    are ``{"masked", "shapes"}``: the trained parameters weighted by the sample size and
+    masked, so only their sum over the nodes can be read.
+
     Raises:
         HandlerError: PLAN_NOT_APPROVED, PLAN_INVALID, DATASET_NOT_FOUND, STATE_NOT_FOUND,
-            DATA_LOADING_FAILED, BAD_ARGUMENTS, PLAN_TIMEOUT, PLAN_FAILED.
+            DATA_LOADING_FAILED, BAD_ARGUMENTS, PLAN_TIMEOUT, PLAN_FAILED, DECRYPTION_FAILED,
+            SECAGG_FAILED.
     """
     fraction, seed = _split_arguments(request.training_args)
+    secagg = secagg_node_for(request, context) if request.secagg_arguments else None
+    params, aux_var = open_request(request, context)
     with _errors_as(ErrorCode.NODE_ERROR, "training"):
         status = await anyio.to_thread.run_sync(context.plans.status, request.training_plan)
         # An operator's explicit rejection holds even where approval is not required.
@@ -243,25 +278,35 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
             request.training_plan_class,
             table=table,
             target=entry.target,
-            params=request.params,
+            params=params,
             training_args=request.training_args,
             model_args=request.model_args,
             timeout=context.settings.plan_timeout,
             training=request.training,
             validation_fraction=fraction,
             split_seed=seed,
+            aux_var=aux_var,
         )
+    # Under secure aggregation only the masked parameters leave the node.
+    plain = outcome.params if secagg is None else {}
+    payloads = seal_reply(request, context, plain, outcome.aux_var)
+    if secagg is not None:
+        node, round_ = secagg
+        masked = await anyio.to_thread.run_sync(
+            mask_params, node, round_, outcome.params, outcome.sample_size
+        )
+        payloads.update(params=masked, encrypted=True)
     return TrainReply(
         **_stamp(request, context),
         experiment_id=request.experiment_id,
         round=request.round,
         success=True,
         dataset_id=request.dataset_id,
-        params=outcome.params,
         sample_size=outcome.sample_size,
         timing=outcome.timing,
         metrics=outcome.metrics,
         state_id=request.state_id,
+        **payloads,
     )
 
 
@@ -283,6 +328,7 @@ HANDLERS: dict[str, Handler] = {
     "training_plan_status_request": handle_plan_status,
     "approval_request": handle_approval,
     "train_request": handle_train,
+    "secagg_request": handle_secagg,
 }
 """Handler for each request ``type`` tag."""
 

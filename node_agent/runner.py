@@ -86,6 +86,8 @@ class TrainingOutcome:
     sample_size: int
     metrics: dict[str, float]
     timing: dict[str, float] = field(default_factory=dict)
+    aux_var: dict[str, Any] = field(default_factory=dict)
+    """The plan's optimizer auxiliary variables for the researcher, if it has any."""
 
 
 def check_training_table(table: Table, target: str) -> None:
@@ -119,12 +121,14 @@ async def run_training(
     training: bool = True,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     split_seed: int = 0,
+    aux_var: Mapping[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Train (or only evaluate) the plan class ``class_name`` of ``source`` on ``table``.
 
     The features are every column but ``target``. A seeded split keeps ``validation_fraction``
     of the rows for evaluation; the plan trains on the rest, starting from ``params`` (its own
-    initial parameters when empty). ``sample_size`` is the number of rows trained on, or
+    initial parameters when empty) and given ``aux_var``, the researcher's optimizer auxiliary
+    variables, when there are any. ``sample_size`` is the number of rows trained on, or
     evaluated on when ``training`` is false. ``timing`` holds ``rtime_training`` and
     ``ptime_training`` (wall and CPU seconds of ``train`` in the child) and ``rtime_process``
     (wall seconds of the whole child process).
@@ -147,6 +151,7 @@ async def run_training(
         "target": target,
         "validation_fraction": validation_fraction,
         "split_seed": split_seed,
+        "aux_var": dict(aux_var or {}),
     }
     with tempfile.TemporaryDirectory(prefix="broker-net-plan-") as folder:
         work = Path(folder)
@@ -163,6 +168,7 @@ async def run_training(
             **{str(k): float(v) for k, v in result["timing"].items()},
             "rtime_process": elapsed,
         },
+        aux_var=dict(result.get("aux_var") or {}),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_net.failover import broker_urls
 from broker_net.topology import DEFAULT_NAMESPACE, check_id
 
 
@@ -26,7 +27,11 @@ class NodeSettings(BaseSettings):
         default=Path("./node-data"),
         description="Folder for the dataset registry, training plans, state and keys.",
     )
-    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL; for a cluster, its nodes' URLs separated by commas (after "
+        "the first, host:port is enough), tried in turn when a node is lost.",
+    )
     namespace: str = Field(default=DEFAULT_NAMESPACE, description="Prefix of every name.")
     queue_type: Literal["classic", "quorum"] = "classic"
     require_approval: bool = Field(
@@ -62,6 +67,12 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _check_node_id(cls, value: str) -> str:
         return check_id("node id", value)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str) -> str:
+        broker_urls(value)
+        return value
 
     @property
     def identity_dir(self) -> Path:

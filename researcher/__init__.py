@@ -8,8 +8,10 @@ from researcher.errors import (
     NoReplyError,
     RequestError,
     RequestTimeoutError,
+    SecureAggregationError,
 )
 from researcher.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.fedjob import FedJob, JobResult
 from researcher.jobs import (
     FARequestJob,
     FAResult,
@@ -21,6 +23,7 @@ from researcher.jobs import (
     TrainingPlanCheckJob,
     TrainingResult,
 )
+from researcher.lifecycle import State, TransitionError
 from researcher.policies import (
     DiscardOnTimeout,
     NodeState,
@@ -40,17 +43,34 @@ from researcher.requests import (
     PolicyReport,
     Requests,
 )
+from researcher.scheduler import Scheduler
+from researcher.secagg import SecureAggregation
 from researcher.settings import ResearcherSettings
+from researcher.spec import (
+    AnalyticsTask,
+    JobSpec,
+    PlanApprovalTask,
+    PlanCheckTask,
+    PreprocessingTask,
+    SpecError,
+    TrainingTask,
+)
+from researcher.store import JobStore
 
 __all__ = [
+    "AnalyticsTask",
     "DiscardOnTimeout",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
     "FAResult",
+    "FedJob",
     "FederatedRequest",
     "Job",
     "JobError",
+    "JobResult",
+    "JobSpec",
+    "JobStore",
     "LateReply",
     "MessagesByNode",
     "NoReplyError",
@@ -58,10 +78,13 @@ __all__ = [
     "NodePresence",
     "NodeState",
     "NodeTiming",
+    "PlanApprovalTask",
+    "PlanCheckTask",
     "Policy",
     "PolicyReport",
     "PreprocRequestJob",
     "PreprocResult",
+    "PreprocessingTask",
     "PresenceTable",
     "RequestError",
     "RequestStatus",
@@ -69,6 +92,11 @@ __all__ = [
     "Requests",
     "ResearcherSettings",
     "RoundRecord",
+    "Scheduler",
+    "SecureAggregation",
+    "SecureAggregationError",
+    "SpecError",
+    "State",
     "StopOnDisconnect",
     "StopOnError",
     "StopOnTimeout",
@@ -76,6 +104,8 @@ __all__ = [
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",
     "TrainingResult",
+    "TrainingTask",
+    "TransitionError",
     "Verdict",
     "combine_statistics",
     "fedavg",

@@ -13,6 +13,7 @@ from rich.table import Table
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
+from researcher.cli_jobs import job_app, output_app
 from researcher.cli_security import identity_app, provision_command, trust_app
 from researcher.requests import Requests
 from researcher.settings import ResearcherSettings
@@ -133,6 +134,8 @@ def ping(
         raise typer.Exit(1)
 
 
+app.add_typer(job_app, name="job")
+app.add_typer(output_app, name="output")
 app.add_typer(identity_app, name="identity")
 app.add_typer(trust_app, name="trust")
 app.command("provision")(provision_command)

@@ -49,8 +49,10 @@ async def tell(
     console: Console,
     *,
     rounds: int = 10,
+    secagg: bool = False,
 ) -> StoryResult:
-    """Run the whole story and print it."""
+    """Run the whole story and print it; with ``secagg`` the FedAvg rounds use secure
+    aggregation."""
     datasets = await _find_datasets(requests, nodes, console)
     await _approve_plan(requests, nodes, approve, console)
     features, mean, std = await _analytics(requests, datasets, console)
@@ -66,6 +68,7 @@ async def tell(
         policies=[StopOnError(), DiscardOnTimeout(120)],
         min_replies=len(nodes),
         experiment_id=EXPERIMENT,
+        secagg=secagg,
     )
     result = await _train(experiment, console)
     return _compare(result, features, mean, std, rounds, console)
@@ -179,7 +182,10 @@ async def _standardise(
 
 
 async def _train(experiment: Experiment, console: Console) -> ExperimentResult:
-    console.print(f"5. FedAvg: {experiment.rounds} rounds over {len(experiment.datasets)} nodes")
+    how = " with secure aggregation" if experiment.secagg else ""
+    console.print(
+        f"5. FedAvg{how}: {experiment.rounds} rounds over {len(experiment.datasets)} nodes"
+    )
     with Progress(
         TextColumn("   {task.description}"),
         BarColumn(),
@@ -196,7 +202,13 @@ async def _train(experiment: Experiment, console: Console) -> ExperimentResult:
                 description=f"round {record.round}: validation accuracy {accuracy:.3f}",
             )  # fmt: skip
 
-        return await experiment.run(on_round)
+        result = await experiment.run(on_round)
+    if all(record.secure_aggregation for record in result.rounds):
+        console.print(
+            "   The researcher only saw masked vectors: every update arrived masked (uint64), "
+            f"only each round's weighted sum was unmasked ({len(result.rounds)} rounds)"
+        )
+    return result
 
 
 def _compare(

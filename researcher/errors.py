@@ -44,3 +44,8 @@ class NoReplyError(RequestError):
 
 class JobError(RequestError):
     """Raised when a job's arguments or results are not usable."""
+
+
+class SecureAggregationError(RequestError):
+    """Raised when secure aggregation cannot be set up, or a round cannot be unmasked (a
+    node refused a step, or too few nodes are left)."""

@@ -25,9 +25,10 @@ from broker_net.messages import new_id
 from broker_net.training_plan import TrainingPlan, plan_source
 from researcher.aggregation import fedavg, weighted_metrics
 from researcher.errors import RequestError
-from researcher.jobs import TrainingJob
+from researcher.jobs import RequestHooks, TrainingJob
 from researcher.policies import DiscardOnTimeout, Policy
 from researcher.requests import NodeTiming, Requests
+from researcher.secagg import SecureAggregation
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class RoundRecord:
         aggregated_metrics: those metrics averaged, weighted by sample size.
         timings: each node's round-trip, processing and queue-and-transit time.
         failed: nodes left out of the round, with the reason.
+        secure_aggregation: the updates arrived masked and only their weighted sum was
+            unmasked.
     """
 
     round: int
@@ -52,6 +55,7 @@ class RoundRecord:
     failed: dict[str, str]
     duration: float
     request_id: str
+    secure_aggregation: bool = False
 
 
 @dataclass
@@ -78,6 +82,13 @@ class Experiment:
         policies: when to stop waiting in each round (default: give a node 600 s).
         min_replies: fewest successful nodes a round needs; fewer raises RequestError.
         output_dir: where the final model and the round metrics are saved.
+        source: the plan's source as sent to the nodes (default: ``plan_source(plan)``).
+        hooks: gives the :class:`RequestHooks` of each round's request, by round number, to
+            record it or to resume it in another process.
+        secagg: aggregate with secure aggregation (see :mod:`researcher.secagg`): set up once
+            before the first round, each node then sends its update masked and the researcher
+            learns only their weighted average. A node failing a round is recovered from while
+            a strict majority remains. Needs security on every party.
     """
 
     def __init__(
@@ -95,6 +106,9 @@ class Experiment:
         experiment_id: str | None = None,
         initial_params: Mapping[str, npt.NDArray[Any]] | None = None,
         output_dir: Path | None = None,
+        source: str | None = None,
+        hooks: Callable[[int], RequestHooks | None] | None = None,
+        secagg: bool = False,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -102,7 +116,10 @@ class Experiment:
             raise ValueError("an experiment needs at least one node dataset")
         self.requests = requests
         self.plan = plan
-        self.source = plan_source(plan)
+        self.source = source if source is not None else plan_source(plan)
+        self.hooks = hooks
+        self.secagg = secagg
+        self.secure_aggregation: SecureAggregation | None = None
         self.datasets = dict(datasets)
         self.rounds = rounds
         self.training_args = dict(training_args or {})
@@ -118,14 +135,21 @@ class Experiment:
             initial_params = model.get_params()
         self.params = {name: np.asarray(value) for name, value in initial_params.items()}
 
-    async def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> ExperimentResult:
+    async def run(
+        self, on_round: Callable[[RoundRecord], None] | None = None, *, first_round: int = 1
+    ) -> ExperimentResult:
         """Run every round; call ``on_round`` after each.
+
+        Args:
+            on_round: called with each round's record, once the global parameters hold it.
+            first_round: start here, from the current parameters (to continue an experiment
+                whose earlier rounds ran before).
 
         Raises:
             RequestError: a round got fewer than ``min_replies`` successful nodes.
         """
         result = ExperimentResult(self.experiment_id, self.params)
-        for number in range(1, self.rounds + 1):
+        for number in range(first_round, self.rounds + 1):
             record = await self.run_round(number)
             result.rounds.append(record)
             result.params = self.params
@@ -138,6 +162,7 @@ class Experiment:
     async def run_round(self, number: int) -> RoundRecord:
         """Run one round and replace the global parameters by the FedAvg of the updates."""
         started = time.monotonic()
+        secagg = await self._secure_aggregation() if self.secagg else None
         job = TrainingJob(
             self.requests,
             experiment_id=self.experiment_id,
@@ -150,6 +175,10 @@ class Experiment:
             model_args=self.model_args,
             state_ids=self.state_ids,
             policies=self.policies,
+            hooks=self.hooks(number) if self.hooks is not None else None,
+            secagg_arguments=(
+                dict.fromkeys(self.datasets, secagg.arguments(number - 1)) if secagg else None
+            ),
         )
         outcome = await job.execute()
         usable = {n: r for n, r in outcome.replies.items() if r.params and r.sample_size}
@@ -159,10 +188,14 @@ class Experiment:
                 + "; ".join(f"{node}: {why}" for node, why in outcome.failed.items()),
                 request_id=outcome.request_id,
             )
+        if secagg is not None:
+            self.params, survivors = await secagg.fedavg(number - 1, usable)
+            usable = {node: usable[node] for node in survivors}
         sizes = {node: int(reply.sample_size or 0) for node, reply in usable.items()}
-        self.params = fedavg(
-            [reply.params or {} for reply in usable.values()], [sizes[n] for n in usable]
-        )
+        if secagg is None:
+            self.params = fedavg(
+                [reply.params or {} for reply in usable.values()], [sizes[n] for n in usable]
+            )
         metrics = {node: dict(reply.metrics) for node, reply in usable.items()}
         record = RoundRecord(
             round=number,
@@ -174,9 +207,24 @@ class Experiment:
             failed=outcome.failed,
             duration=time.monotonic() - started,
             request_id=outcome.request_id,
+            secure_aggregation=secagg is not None,
         )
         logger.info("round %d: %s", number, record.aggregated_metrics)
         return record
+
+    async def _secure_aggregation(self) -> SecureAggregation:
+        """The experiment's secure aggregation, set up with every node on first use; round
+        ``n`` of the experiment is round ``n - 1`` of its context."""
+        if self.secure_aggregation is None:
+            secagg = SecureAggregation(
+                self.requests,
+                experiment_id=self.experiment_id,
+                nodes=list(self.datasets),
+                rounds=self.rounds,
+            )
+            await secagg.setup()
+            self.secure_aggregation = secagg
+        return self.secure_aggregation
 
     def save(self, result: ExperimentResult) -> Path:
         """Write the final model (``model.npz``) and the round metrics (``rounds.json``)."""

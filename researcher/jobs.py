@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from broker_net.encryption import DecryptionError
 from broker_net.messages import (
     ApprovalReply,
     ApprovalRequest,
@@ -29,13 +31,78 @@ from broker_net.messages import (
     TrainingPlanStatusRequest,
     TrainReply,
     TrainRequest,
+    new_id,
 )
+from broker_net.security import UnknownKeyError
 from researcher.analytics import combine_statistics
 from researcher.errors import JobError, NodeErrorReply, NoReplyError
-from researcher.policies import DiscardOnTimeout, Policy
+from researcher.payloads import open_reply, seal_request
+from researcher.policies import (
+    CONTINUE,
+    DiscardOnTimeout,
+    NodeState,
+    Policy,
+    RequestStatus,
+    Verdict,
+)
 from researcher.requests import FederatedRequest, MessagesByNode, NodeTiming, Requests
+from researcher.secagg import SecureAggregation
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestHooks:
+    """How a job's request is recorded while it runs, and resumed by another process.
+
+    Attributes:
+        request_id: send under this id instead of a fresh one (to resume a request).
+        already_sent: nodes an earlier process sent the request to, with the send time: they
+            are not sent to again, their replies come from the durable reply queue.
+        on_sending: called with the request id and the nodes before anything is published.
+        on_sent: called with each node's send time once every publish is done.
+        on_answer: called with the request id and a node id when that node's reply or error
+            arrives.
+    """
+
+    request_id: str | None = None
+    already_sent: Mapping[str, datetime] | None = None
+    on_sending: Callable[[str, list[str]], None] | None = None
+    on_sent: Callable[[str, dict[str, datetime]], None] | None = None
+    on_answer: Callable[[str, str], None] | None = None
+
+
+class _Watch:
+    """Reports a request's sends and answers to its hooks and never stops anything.
+
+    The request layer evaluates its policies once every send is done and again after each
+    answer, so a policy is where those moments can be observed.
+    """
+
+    def __init__(self, hooks: RequestHooks) -> None:
+        self.hooks = hooks
+        self.fed: FederatedRequest | None = None
+        self._sent_reported = False
+        self._answered: set[str] = set()
+
+    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
+        fed = self.fed
+        if fed is None:
+            return CONTINUE
+        if not self._sent_reported:
+            self._sent_reported = True
+            if self.hooks.on_sent is not None:
+                self.hooks.on_sent(fed.request_id, fed.sent_at())
+        for node, state in nodes.items():
+            answered = state.status in (RequestStatus.SUCCESS, RequestStatus.ERROR)
+            if answered and node not in self._answered:
+                self._answered.add(node)
+                if self.hooks.on_answer is not None:
+                    self.hooks.on_answer(fed.request_id, node)
+        return CONTINUE
+
+    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
+        return None
 
 
 class Job:
@@ -44,13 +111,21 @@ class Job:
     Args:
         requests: a started :class:`Requests`.
         policies: when to stop waiting; each job has a sensible default.
+        hooks: record the request as it goes, or resume one an earlier process sent.
     """
 
     default_policies: Sequence[Policy] = ()
 
-    def __init__(self, requests: Requests, *, policies: Sequence[Policy] | None = None) -> None:
+    def __init__(
+        self,
+        requests: Requests,
+        *,
+        policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
+    ) -> None:
         self.requests = requests
         self.policies = list(self.default_policies if policies is None else policies)
+        self.hooks = hooks
         self.request: FederatedRequest | None = None
 
     @property
@@ -58,9 +133,26 @@ class Job:
         """The researcher sending the job."""
         return self.requests.researcher_id
 
-    async def _send(self, messages: Any, nodes: Sequence[str]) -> FederatedRequest:
-        self.request = await self.requests.request(messages, nodes, self.policies)
-        return self.request
+    async def _send(
+        self, messages: Any, nodes: Sequence[str], *, request_id: str | None = None
+    ) -> FederatedRequest:
+        hooks = self.hooks
+        if hooks is None:
+            self.request = await self.requests.request(
+                messages, nodes, self.policies, request_id=request_id
+            )
+            return self.request
+        watch = _Watch(hooks)
+        fed = self.requests.send(
+            messages, nodes, [watch, *self.policies],
+            request_id=hooks.request_id or request_id, already_sent=hooks.already_sent,
+        )  # fmt: skip
+        watch.fed = fed
+        if hooks.on_sending is not None:
+            hooks.on_sending(fed.request_id, fed.nodes)
+        async with fed:
+            self.request = fed
+        return fed
 
 
 @dataclass(frozen=True)
@@ -78,6 +170,10 @@ class FARequestJob(Job):
     Exactly one of ``stats`` and ``stats_args`` is required, and ``stats_args`` excludes
     ``dataset_schema`` (it names its columns itself). Every node error is fatal.
 
+    With ``secagg`` the job first sets up a secure aggregation with the nodes (see
+    :mod:`researcher.secagg`); each node then sends masked totals, and the researcher learns
+    only their sums: count, missing, sum, mean, variance and std are available this way.
+
     Raises:
         JobError: the arguments break those rules.
     """
@@ -94,8 +190,10 @@ class FARequestJob(Job):
         dataset_schema: list[str] | dict[str, Any] | None = None,
         secagg_arguments: dict[str, Any] | None = None,
         policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
+        secagg: bool = False,
     ) -> None:
-        super().__init__(requests, policies=policies)
+        super().__init__(requests, policies=policies, hooks=hooks)
         if not stats and not stats_args:
             raise JobError("at least one of 'stats' or 'stats_args' must be provided")
         if stats and stats_args:
@@ -111,6 +209,7 @@ class FARequestJob(Job):
         self.stats_args = stats_args
         self.dataset_schema = dataset_schema
         self.secagg_arguments = secagg_arguments
+        self.secagg = secagg
 
     async def execute(self) -> FAResult:
         """Send the request to every node and combine the statistics.
@@ -118,7 +217,16 @@ class FARequestJob(Job):
         Raises:
             NodeErrorReply: a node answered an error.
             NoReplyError: no node answered.
+            SecureAggregationError: with ``secagg``, the setup or the unmasking failed.
         """
+        secagg: SecureAggregation | None = None
+        arguments = self.secagg_arguments
+        if self.secagg:
+            secagg = SecureAggregation.for_analytics(
+                self.requests, experiment_id=self.experiment_id, nodes=list(self.datasets)
+            )
+            await secagg.setup()
+            arguments = secagg.arguments(0)
         messages = MessagesByNode(
             {
                 node: FARequest(
@@ -129,7 +237,7 @@ class FARequestJob(Job):
                     stats=self.stats,
                     stats_args=self.stats_args,
                     dataset_schema=self.dataset_schema,
-                    secagg_arguments=self.secagg_arguments,
+                    secagg_arguments=arguments,
                 )
                 for node, dataset_id in self.datasets.items()
             }
@@ -141,6 +249,8 @@ class FARequestJob(Job):
             raise NoReplyError(
                 f"no node answered the analytics request ({_why(fed)})", request_id=fed.request_id
             )
+        if secagg is not None:
+            return FAResult(replies, await secagg.statistics(0, replies), fed.timings())
         outputs = [reply.output for reply in replies.values() if reply.output is not None]
         return FAResult(replies, combine_statistics(outputs), fed.timings())
 
@@ -174,8 +284,9 @@ class PreprocRequestJob(Job):
         preproc_args_nodes: Mapping[str, Mapping[str, Any]] | None = None,
         state_ids: Mapping[str, str | None] | None = None,
         policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
     ) -> None:
-        super().__init__(requests, policies=policies)
+        super().__init__(requests, policies=policies, hooks=hooks)
         if not datasets:
             raise JobError("no node datasets given")
         unknown = set(preproc_args_nodes or {}) - set(datasets)
@@ -229,6 +340,12 @@ class TrainingJob(Job):
 
     Nodes that answer an error, time out or send ``success=False`` are listed in
     ``failed`` with the reason; the caller decides whether the round is still usable.
+
+    ``encrypt_aux_var`` encrypts each node's ``optim_aux_var`` for that node, and
+    ``encrypt_params`` the parameters (both need the researcher's security); each payload is
+    bound to the experiment, round, node and request id (see :mod:`researcher.payloads`).
+    The nodes encrypt their answers in kind, and the replies come back decrypted; a reply that
+    does not decrypt puts its node in ``failed`` with DECRYPTION_FAILED.
     """
 
     def __init__(
@@ -249,8 +366,11 @@ class TrainingJob(Job):
         optim_aux_var: Mapping[str, dict[str, Any]] | None = None,
         training: bool = True,
         policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
+        encrypt_aux_var: bool = False,
+        encrypt_params: bool = False,
     ) -> None:
-        super().__init__(requests, policies=policies)
+        super().__init__(requests, policies=policies, hooks=hooks)
         if not datasets:
             raise JobError("no node datasets given")
         self.experiment_id = experiment_id
@@ -266,6 +386,8 @@ class TrainingJob(Job):
         self.secagg_arguments = dict(secagg_arguments or {})
         self.optim_aux_var = dict(optim_aux_var or {})
         self.training = training
+        self.encrypt_aux_var = encrypt_aux_var
+        self.encrypt_params = encrypt_params
 
     def messages(self) -> MessagesByNode:
         """The request for each node."""
@@ -292,18 +414,55 @@ class TrainingJob(Job):
         )
 
     async def execute(self) -> TrainingResult:
-        """Run the round and sort replies from failures."""
-        fed = await self._send(self.messages(), list(self.datasets))
+        """Run the round and sort replies from failures.
+
+        Raises:
+            JobError: encryption is asked for without security, or for an untrusted node.
+        """
+        # Encrypted payloads are bound to the request id, so it is chosen before sending.
+        request_id = (self.hooks.request_id if self.hooks else None) or new_id("request")
+        messages = self.messages()
+        if self.encrypt_aux_var or self.encrypt_params:
+            messages = self._sealed(messages, request_id)
+        fed = await self._send(messages, list(self.datasets), request_id=request_id)
         failed = {node: reason for node, reason in fed.reasons().items()}
         replies: dict[str, TrainReply] = {}
         for node, reply in fed.replies().items():
             if reply.success:
-                replies[node] = reply
+                try:
+                    replies[node] = open_reply(
+                        reply, self.requests.security, experiment_id=self.experiment_id,
+                        round=self.round_number, request_id=fed.request_id,
+                    )  # fmt: skip
+                except DecryptionError as exc:
+                    failed[node] = f"DECRYPTION_FAILED: {exc}"
             else:
                 failed[node] = reply.msg or "the node reported a failed round"
         for node, reason in failed.items():
             logger.warning("round %d: node %s failed: %s", self.round_number, node, reason)
         return TrainingResult(replies, failed, fed.timings(), fed.request_id)
+
+    def _sealed(self, messages: MessagesByNode, request_id: str) -> MessagesByNode:
+        security = self.requests.security
+        if security is None:
+            raise JobError("encrypted payloads need the researcher's security (identity, trust)")
+        try:
+            return MessagesByNode(
+                {
+                    node: seal_request(
+                        message,
+                        node,
+                        security,
+                        request_id=request_id,
+                        encrypt_params=self.encrypt_params,
+                        encrypt_aux_var=self.encrypt_aux_var,
+                    )
+                    for node, message in messages.items()
+                    if isinstance(message, TrainRequest)
+                }
+            )
+        except UnknownKeyError as exc:
+            raise JobError(f"cannot encrypt for an untrusted node: {exc}") from exc
 
 
 class TrainingPlanApproveJob(Job):
@@ -319,8 +478,9 @@ class TrainingPlanApproveJob(Job):
         description: str,
         nodes: Sequence[str],
         policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
     ) -> None:
-        super().__init__(requests, policies=policies)
+        super().__init__(requests, policies=policies, hooks=hooks)
         if not training_plan.strip():
             raise JobError("the training plan source is empty")
         self.training_plan = training_plan
@@ -355,8 +515,9 @@ class TrainingPlanCheckJob(Job):
         training_plan: str,
         nodes: Sequence[str],
         policies: Sequence[Policy] | None = None,
+        hooks: RequestHooks | None = None,
     ) -> None:
-        super().__init__(requests, policies=policies)
+        super().__init__(requests, policies=policies, hooks=hooks)
         self.experiment_id = experiment_id
         self.training_plan = training_plan
         self.nodes = list(nodes)

@@ -5,12 +5,20 @@ requests, so one policy object can serve any number of requests. Each timeout ru
 moment that node's request was sent, per node. The wait ends when every node has finished (an
 answer, an error, a timeout or a disconnection) or as soon as one policy stops the request; the
 first policy that stops wins.
+
+Progress: a large reply arrives in chunks, and each chunk is progress (``NodeState.last_progress``).
+While a node's reply is arriving, its timeouts run from its latest chunk instead of from the
+send, so a transfer that keeps moving is never cut short however long it takes, and a stalled
+one ends ``timeout`` seconds after its last chunk, with a reason saying it stalled. Before the
+first chunk nothing changes: a silent node times out ``timeout`` seconds after the send.
+:class:`DiscardOnStall` and :class:`StopOnStall` put a tighter bound on the silence between
+chunks alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -40,21 +48,39 @@ class NodeState:
         status: the node's status so far.
         gone_since: monotonic time since which the node is known to be gone (no heartbeat
             within its patience, or no consumer on its queue), or ``None`` while it is there.
+        last_progress: monotonic time the latest chunk of the node's reply arrived, or
+            ``None`` before any did.
     """
 
     node_id: str
     sent_at: float
     status: RequestStatus
     gone_since: float | None = None
+    last_progress: float | None = None
+
+    @property
+    def waiting_since(self) -> float:
+        """Since when the node has given no sign: the send, or its reply's latest chunk."""
+        if self.last_progress is None or self.last_progress < self.sent_at:
+            return self.sent_at
+        return self.last_progress
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A policy's decision: nodes to mark, and whether the whole request stops."""
+    """A policy's decision: nodes to mark, and whether the whole request stops.
+
+    Attributes:
+        marks: the status given to each node the policy gives up on.
+        stop_because_of: the node that made the policy stop the whole request, if any.
+        reason: why, for the request as a whole.
+        reasons: why, node by node, where it differs from ``reason``.
+    """
 
     marks: Mapping[str, RequestStatus]
     stop_because_of: str | None = None
     reason: str = ""
+    reasons: Mapping[str, str] = field(default_factory=dict)
 
 
 CONTINUE = Verdict(marks={})
@@ -87,15 +113,27 @@ class _Timeout:
         self.timeout = float(timeout)
         self.nodes = frozenset(nodes) if nodes is not None else None
 
-    def _late(self, nodes: Mapping[str, NodeState], now: float) -> list[str]:
-        return sorted(
-            state.node_id
+    def _late(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+        late = [
+            state
             for state in _pending(nodes, self.nodes)
-            if now - state.sent_at >= self.timeout
-        )
+            if now - state.waiting_since >= self.timeout
+        ]
+        return sorted(late, key=lambda state: state.node_id)
+
+    def _reasons(self, late: list[NodeState], now: float) -> dict[str, str]:
+        return {state.node_id: self._why(state, now) for state in late}
+
+    def _why(self, state: NodeState, now: float) -> str:
+        if state.last_progress is not None and state.last_progress >= state.sent_at:
+            return (
+                f"the reply of node {state.node_id} stalled: no chunk for "
+                f"{now - state.last_progress:.1f} s (timeout {self.timeout:g} s)"
+            )
+        return f"node {state.node_id} did not answer within {self.timeout:g} s"
 
     def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
-        deadlines = [state.sent_at + self.timeout for state in _pending(nodes, self.nodes)]
+        deadlines = [state.waiting_since + self.timeout for state in _pending(nodes, self.nodes)]
         return min(deadlines, default=None)
 
     def __repr__(self) -> str:
@@ -104,7 +142,8 @@ class _Timeout:
 
 class DiscardOnTimeout(_Timeout):
     """Give up on each node that has not answered ``timeout`` seconds after its request was
-    sent: it is marked TIMEOUT and the others' replies are kept.
+    sent (or after the latest chunk of its reply, while one is arriving): it is marked TIMEOUT
+    and the others' replies are kept.
 
     Args:
         timeout: seconds, fractions allowed.
@@ -115,21 +154,100 @@ class DiscardOnTimeout(_Timeout):
         late = self._late(nodes, now)
         if not late:
             return CONTINUE
-        return Verdict(marks=dict.fromkeys(late, RequestStatus.TIMEOUT))
+        return Verdict(
+            marks=dict.fromkeys((state.node_id for state in late), RequestStatus.TIMEOUT),
+            reasons=self._reasons(late, now),
+        )
 
 
 class StopOnTimeout(_Timeout):
     """Stop the whole request when a node is still silent ``timeout`` seconds after its
-    request was sent; silent nodes are TIMEOUT, the remaining ones STOPPED."""
+    request was sent (or after the latest chunk of its reply, while one is arriving); silent
+    nodes are TIMEOUT, the remaining ones STOPPED."""
 
     def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
         late = self._late(nodes, now)
         if not late:
             return CONTINUE
         return Verdict(
-            marks=dict.fromkeys(late, RequestStatus.TIMEOUT),
-            stop_because_of=late[0],
-            reason=f"node {late[0]} did not answer within {self.timeout:g} s",
+            marks=dict.fromkeys((state.node_id for state in late), RequestStatus.TIMEOUT),
+            stop_because_of=late[0].node_id,
+            reason=self._why(late[0], now),
+            reasons=self._reasons(late, now),
+        )
+
+
+class _Stall:
+    def __init__(self, idle: float, nodes: Iterable[str] | None = None) -> None:
+        if idle <= 0:
+            raise ValueError("an idle time must be positive")
+        self.idle = float(idle)
+        self.nodes = frozenset(nodes) if nodes is not None else None
+
+    def _stalled(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+        stalled = [
+            state
+            for state in _pending(nodes, self.nodes)
+            if state.last_progress is not None and now - state.last_progress >= self.idle
+        ]
+        return sorted(stalled, key=lambda state: state.node_id)
+
+    def _reasons(self, stalled: list[NodeState], now: float) -> dict[str, str]:
+        return {
+            state.node_id: (
+                f"the reply of node {state.node_id} stalled: no chunk for "
+                f"{now - (state.last_progress or now):.1f} s (idle limit {self.idle:g} s)"
+            )
+            for state in stalled
+        }
+
+    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
+        deadlines = [
+            state.last_progress + self.idle
+            for state in _pending(nodes, self.nodes)
+            if state.last_progress is not None
+        ]
+        return min(deadlines, default=None)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.idle:g})"
+
+
+class DiscardOnStall(_Stall):
+    """Give up on each node whose reply started arriving in chunks and then saw none for
+    ``idle`` seconds: it is marked TIMEOUT. Nodes whose reply has not started are left to the
+    timeouts.
+
+    Args:
+        idle: seconds without a chunk, fractions allowed.
+        nodes: apply only to these node ids (all nodes when None).
+    """
+
+    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
+        stalled = self._stalled(nodes, now)
+        if not stalled:
+            return CONTINUE
+        return Verdict(
+            marks=dict.fromkeys((state.node_id for state in stalled), RequestStatus.TIMEOUT),
+            reasons=self._reasons(stalled, now),
+        )
+
+
+class StopOnStall(_Stall):
+    """Stop the whole request when a node's reply started arriving in chunks and then saw
+    none for ``idle`` seconds; stalled nodes are TIMEOUT, the remaining ones STOPPED."""
+
+    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
+        stalled = self._stalled(nodes, now)
+        if not stalled:
+            return CONTINUE
+        reasons = self._reasons(stalled, now)
+        first = stalled[0].node_id
+        return Verdict(
+            marks=dict.fromkeys((state.node_id for state in stalled), RequestStatus.TIMEOUT),
+            stop_because_of=first,
+            reason=reasons[first],
+            reasons=reasons,
         )
 
 

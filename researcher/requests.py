@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker_net.authentication import Security
+from broker_net.chunking import TransferFailure, TransferProgress, failure
 from broker_net.codec import decode_message, encode_parts
 from broker_net.envelope import (
     Authenticator,
@@ -37,6 +38,7 @@ from broker_net.envelope import (
 )
 from broker_net.errors import DecodeError, SecurityError, TransportError, UnroutableError
 from broker_net.messages import (
+    ErrorCode,
     ErrorMessage,
     Heartbeat,
     PingRequest,
@@ -45,7 +47,7 @@ from broker_net.messages import (
     utc_now,
 )
 from broker_net.topology import Topology
-from broker_net.transport import OutgoingMessage, Transport
+from broker_net.transport import Delivery, OutgoingMessage, Transport
 from researcher.policies import (
     DiscardOnTimeout,
     NodeState,
@@ -110,6 +112,7 @@ class _NodeRequest:
     error: ErrorMessage | None = None
     reply_at: float | None = None
     gone_since: float | None = None
+    last_progress: float | None = None
     reason: str = ""
 
 
@@ -140,6 +143,11 @@ class FederatedRequest:
         self._expiration = expiration if expiration is not None else _longest(self._policies)
         self._nodes = {node: _NodeRequest(node) for node in self._messages}
         self._changed = anyio.Event()
+        # What the waiting loop reads, kept up to date node by node: with hundreds of nodes,
+        # rebuilding every state on every reply would cost more than the replies themselves.
+        self._state: dict[str, NodeState] = {}
+        self._unfinished = len(self._nodes)
+        self._policies_due = True
         self._report: PolicyReport | None = None
         self._active = False
 
@@ -276,7 +284,7 @@ class FederatedRequest:
         )
         body = shared if shared is not None else encode_parts(message)
         outgoing = OutgoingMessage(
-            body=b"".join(seal_parts(header, body, authenticator=requests.authenticator_for(node))),
+            body=tuple(seal_parts(header, body, authenticator=requests.authenticator_for(node))),
             message_id=header.message_id,
             type=message.type,
             correlation_id=self.request_id,
@@ -287,25 +295,52 @@ class FederatedRequest:
         entry = self._nodes[node]
         entry.sent_wall = utc_now()
         entry.sent_at = time.monotonic()
+        limit = self._send_limit(entry)
         try:
-            await requests.transport.publish(
-                requests.topology.requests_exchange.name, node, outgoing, mandatory=True
-            )
+            with anyio.move_on_after(limit) as sending:
+                await requests.transport.publish(
+                    requests.topology.requests_exchange.name, node, outgoing, mandatory=True
+                )
         except UnroutableError:
             self._finish_node(entry, RequestStatus.DISCONNECTED, "the node has no request queue")
         except TransportError as exc:
             self._finish_node(entry, RequestStatus.ERROR, f"could not send: {exc}")
+        if sending.cancelled_caught:
+            self._finish_node(
+                entry, RequestStatus.TIMEOUT,
+                f"the broker did not confirm the request within {limit:.3g} s (a RabbitMQ "
+                "cluster with a majority of its nodes down accepts no message)",
+            )  # fmt: skip
+
+    def _send_limit(self, entry: _NodeRequest) -> float:
+        """Seconds the publish to ``entry``'s node may take: until its earliest policy
+        deadline. A broker that lost its quorum neither confirms nor refuses a publish, and the
+        request must still end within its policies' timeouts."""
+        state = {entry.node_id: NodeState(entry.node_id, entry.sent_at, entry.status)}
+        deadlines = [p.next_deadline(state) for p in self._policies]
+        earliest = min((d for d in deadlines if d is not None), default=float("inf"))
+        return max(earliest - time.monotonic(), 0.0)
 
     def _finish_node(self, entry: _NodeRequest, status: RequestStatus, reason: str) -> None:
         if entry.status is RequestStatus.PENDING:
             entry.status = status
             entry.reason = reason
+            self._unfinished -= 1
             logger.warning("request %s node %s: %s (%s)", self.request_id, entry.node_id,
                            status.value, reason)  # fmt: skip
-            self._wake()
+            self._touch(entry, recheck=True)
 
-    def _wake(self) -> None:
-        self._changed.set()
+    def _touch(self, entry: _NodeRequest, *, recheck: bool, wake: bool = True) -> None:
+        """Record a change to ``entry`` for the waiting loop. ``recheck`` when the policies
+        must look again at once: anything but a success, which can only end the wait."""
+        if self._state:
+            self._state[entry.node_id] = NodeState(
+                entry.node_id, entry.sent_at, entry.status, entry.gone_since,
+                entry.last_progress,
+            )  # fmt: skip
+        self._policies_due = self._policies_due or recheck
+        if wake:
+            self._changed.set()
 
     def sent_at(self) -> dict[str, datetime]:
         """When the request went to each node (wall clock), for resuming it elsewhere."""
@@ -317,6 +352,13 @@ class FederatedRequest:
         if entry is None:
             logger.warning("reply to %s from node %s, which was not asked", self.request_id, node)
             return
+        if isinstance(message, ErrorMessage) and message.code is ErrorCode.REPLAYED_MESSAGE:
+            # The node refused a second copy of a request it had accepted (a publish repeated
+            # after its confirm was lost, or someone's replay): the node answers the copy it
+            # accepted, and this refusal is not that answer.
+            logger.info("request %s: node %s refused a copy it had already accepted",
+                        self.request_id, node)  # fmt: skip
+            return
         if entry.reply is not None or entry.error is not None:
             logger.info("duplicate reply to %s from %s ignored", self.request_id, node)
             return
@@ -324,6 +366,7 @@ class FederatedRequest:
             self._requests._late(self.request_id, node, message)
             return
         entry.reply_at = arrived
+        self._unfinished -= 1
         if isinstance(message, ErrorMessage):
             entry.error = message
             entry.status = RequestStatus.ERROR
@@ -331,25 +374,51 @@ class FederatedRequest:
         else:
             entry.reply = message
             entry.status = RequestStatus.SUCCESS
-        self._wake()
+        self._touch(entry, recheck=entry.error is not None)
+
+    def _on_progress(self, node: str, arrived: float) -> None:
+        """A chunk of ``node``'s reply arrived: its timeouts now run from ``arrived``."""
+        entry = self._nodes.get(node)
+        if entry is not None and entry.status is RequestStatus.PENDING:
+            first = entry.last_progress is None
+            entry.last_progress = arrived
+            # The first chunk may give a stall policy a deadline; later ones only move it on.
+            self._touch(entry, recheck=first, wake=first)
+
+    def _on_failed_transfer(self, node: str, code: ErrorCode, reason: str) -> None:
+        """The reply of ``node`` arrived broken (e.g. TRANSFER_CORRUPTED): an error for it."""
+        error = ErrorMessage(
+            request_id=self.request_id,
+            researcher_id=self._requests.researcher_id,
+            node_id=node,
+            code=code,
+            message=f"the reply could not be received: {reason}",
+        )
+        self._on_reply(node, error)
 
     async def _wait(self) -> None:
         watch = watches_presence(self._policies)
         check_every = self._requests.presence_check_interval
         next_check = 0.0
+        self._state = self._states()
+        next_deadline: float | None = None
         while True:
             now = time.monotonic()
             if watch and now >= next_check:
                 await self._update_presence(now)
                 now = time.monotonic()
                 next_check = now + check_every
-            if self._apply_policies(now):
+            # Policies run when something they care about changed or a deadline passed; a
+            # success only moves deadlines later, so the earliest one known stays a safe bound.
+            if self._policies_due or (next_deadline is not None and now >= next_deadline):
+                self._policies_due = False
+                if self._apply_policies(now):
+                    return
+                deadlines = [policy.next_deadline(self._state) for policy in self._policies]
+                next_deadline = min((d for d in deadlines if d is not None), default=None)
+            if self._unfinished <= 0:
                 return
-            if all(entry.status.finished for entry in self._nodes.values()):
-                return
-            states = self._states()
-            deadlines = [p.next_deadline(states) for p in self._policies]
-            wake_at = min((d for d in deadlines if d is not None), default=now + 3600.0)
+            wake_at = next_deadline if next_deadline is not None else now + 3600.0
             if watch:
                 wake_at = min(wake_at, next_check)
             with anyio.move_on_after(max(wake_at - time.monotonic(), 0.0)):
@@ -359,15 +428,18 @@ class FederatedRequest:
 
     def _states(self) -> dict[str, NodeState]:
         return {
-            node: NodeState(node, entry.sent_at, entry.status, entry.gone_since)
+            node: NodeState(
+                node, entry.sent_at, entry.status, entry.gone_since, entry.last_progress
+            )
             for node, entry in self._nodes.items()
         }
 
     def _apply_policies(self, now: float) -> bool:
         for policy in self._policies:
-            verdict: Verdict = policy.evaluate(self._states(), now)
+            verdict: Verdict = policy.evaluate(self._state, now)
             for node, status in verdict.marks.items():
-                self._finish_node(self._nodes[node], status, verdict.reason or repr(policy))
+                reason = verdict.reasons.get(node) or verdict.reason or repr(policy)
+                self._finish_node(self._nodes[node], status, reason)
             if verdict.stop_because_of is not None:
                 self._report = PolicyReport(
                     policy=type(policy).__name__,
@@ -386,6 +458,7 @@ class FederatedRequest:
             gone = requests.presence.gone_since(entry.node_id, now)
             if gone is not None and entry.gone_since is None:
                 entry.gone_since = gone
+                self._touch(entry, recheck=True, wake=False)
         for entry in pending[: requests.consumer_checks_per_tick]:
             if entry.gone_since is not None:
                 continue
@@ -397,6 +470,7 @@ class FederatedRequest:
                 continue
             if not consumers:
                 entry.gone_since = now
+                self._touch(entry, recheck=True, wake=False)
         if requests.consumer_checks_per_tick < len(pending):
             # Rotate so every pending node gets checked over a few ticks.
             keys = list(self._nodes)
@@ -559,17 +633,41 @@ class Requests:
 
     async def _consume_replies(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         queue = self.topology.researcher_queue(self.researcher_id)
-        async with self.transport.consume(queue, prefetch=self._reply_prefetch) as deliveries:
+        async with self.transport.consume(
+            queue, prefetch=self._reply_prefetch, on_progress=self._on_progress
+        ) as deliveries:
             task_status.started()
             async for delivery in deliveries:
-                self._dispatch_reply(delivery.body)
+                refused = failure(delivery)
+                if refused is None:
+                    self._dispatch_reply(delivery.body)
+                else:
+                    self._on_failed_transfer(delivery, refused)
                 await delivery.ack()
+
+    def _on_progress(self, progress: TransferProgress) -> None:
+        # Chunk headers are not authenticated: progress only ever postpones a timeout.
+        fed = self._pending.get(progress.correlation_id or "")
+        node = progress.headers.get("sender")
+        if fed is not None and isinstance(node, str):
+            fed._on_progress(node, time.monotonic())
+
+    def _on_failed_transfer(self, delivery: Delivery, refused: TransferFailure) -> None:
+        node = delivery.headers.get("sender")
+        fed = self._pending.get(delivery.correlation_id or "")
+        logger.warning(
+            "dropping a reply to %s from node %s that could not be reassembled: %s %s",
+            delivery.correlation_id, node, refused.code, refused.reason,
+        )  # fmt: skip
+        if fed is not None and isinstance(node, str):
+            code = ErrorCode.__members__.get(refused.code, ErrorCode.TRANSFER_ERROR)
+            fed._on_failed_transfer(node, code, refused.reason)
 
     def authenticator_for(self, node: str) -> Authenticator | None:
         """How messages to ``node`` are authenticated (None with security off)."""
         return None if self.security is None else self.security.authenticator_for(node)
 
-    def _verified(self, body: bytes, what: str) -> Envelope | None:
+    def _verified(self, body: bytes | bytearray | memoryview, what: str) -> Envelope | None:
         """Unseal and authenticate an envelope; None (logged) when it must be dropped."""
         try:
             envelope = unseal(body)
@@ -580,7 +678,7 @@ class Requests:
             return None
         return envelope
 
-    def _dispatch_reply(self, body: bytes) -> None:
+    def _dispatch_reply(self, body: bytes | bytearray | memoryview) -> None:
         envelope = self._verified(body, "reply")
         if envelope is None:
             return

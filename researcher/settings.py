@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker_net.authentication import Security
+from broker_net.failover import broker_urls
 from broker_net.topology import DEFAULT_NAMESPACE, Topology, check_id
 
 
@@ -18,7 +19,11 @@ class ResearcherSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BROKER_NET_RESEARCHER_", extra="ignore")
 
     researcher_id: str = Field(default="researcher", description="Names the reply queue.")
-    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL; for a cluster, its nodes' URLs separated by commas (after "
+        "the first, host:port is enough), tried in turn when a node is lost.",
+    )
     management_url: str = Field(
         default="http://127.0.0.1:15672", description="RabbitMQ management API URL."
     )
@@ -45,6 +50,12 @@ class ResearcherSettings(BaseSettings):
     def _check_id(cls, value: str) -> str:
         return check_id("researcher id", value)
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str) -> str:
+        broker_urls(value)
+        return value
+
     def load_security(self) -> Security | None:
         """This researcher's identity and trusted nodes, or None with security off."""
         if not self.security:
@@ -63,8 +74,8 @@ class ResearcherSettings(BaseSettings):
 
     @property
     def vhost(self) -> str:
-        """The vhost named by ``amqp_url`` (``/`` when none)."""
+        """The vhost named by ``amqp_url`` (its first URL; ``/`` when none)."""
         from urllib.parse import unquote, urlparse
 
-        path = urlparse(self.amqp_url).path
+        path = urlparse(broker_urls(self.amqp_url)[0]).path
         return unquote(path[1:]) if len(path) > 1 else "/"

@@ -222,7 +222,12 @@ class LocalDeployment:
 
     @property
     def services(self) -> dict[str, Any]:
-        return dict(self.compose["services"])
+        """The services ``docker compose up`` starts: those in no profile."""
+        return {
+            name: service
+            for name, service in self.compose["services"].items()
+            if not service.get("profiles")
+        }
 
     def log(self, name: str) -> str:
         """What a service printed so far."""

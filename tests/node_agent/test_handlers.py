@@ -218,7 +218,7 @@ async def test_an_unapproved_plan_is_never_executed(context, tmp_path):
 
 
 async def test_failing_and_hanging_plans_give_typed_errors(tmp_path):
-    context = open_context(tmp_path / "node", require_approval=False, plan_timeout=1.0)
+    context = open_context(tmp_path / "node", require_approval=False, plan_timeout=5.0)
     try:
         dataset_id = context.datasets.add(
             write_dataset(tmp_path / "a.npz", slice(0, 80))
@@ -230,7 +230,7 @@ async def test_failing_and_hanging_plans_give_typed_errors(tmp_path):
         assert "broken at import" in error.message and "Traceback" not in error.message
         assert error.details == {"stage": "load", "error_type": "RuntimeError"}
 
-        hanging = PLAN + "\nimport time\ntime.sleep(30)\n"
+        hanging = PLAN + "\nimport time\ntime.sleep(60)\n"
         await handle_error(train_request(dataset_id, hanging), context, ErrorCode.PLAN_TIMEOUT)
 
         reply = await handle(train_request(dataset_id), context)

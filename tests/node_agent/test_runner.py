@@ -140,11 +140,12 @@ async def test_a_hanging_plan_is_killed_at_its_deadline(table, tmp_path: Path):
         header=f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n",
     )
     started = time.monotonic()
-    with pytest.raises(PlanTimeoutError, match="longer than 1 s") as caught:
-        await run(source, table, timeout=1.0)
+    # The deadline leaves the worker time to start (numpy and the codec) on a loaded machine.
+    with pytest.raises(PlanTimeoutError, match="longer than 4 s") as caught:
+        await run(source, table, timeout=4.0)
 
     assert isinstance(caught.value, TimeoutError)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 15
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
 

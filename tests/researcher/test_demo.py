@@ -28,3 +28,12 @@ async def test_the_simulation_tells_the_same_story(namespace: str) -> None:
     final = result.experiment.rounds[-1]
     assert set(final.sample_sizes) == {"hospital-a", "hospital-b", "hospital-c"}
     assert final.aggregated_metrics["accuracy"] > 0.85
+
+
+async def test_the_simulation_with_secure_aggregation(namespace: str) -> None:
+    result = await run(
+        simulate=True, amqp_url="", namespace=namespace, rounds=3, non_iid=False, secagg=True
+    )
+    assert all(record.secure_aggregation for record in result.experiment.rounds)
+    assert all(len(record.nodes) == 3 for record in result.experiment.rounds)
+    assert result.federated_accuracy > 0.85

@@ -99,12 +99,13 @@ async def test_stop_on_timeout_names_the_silent_node(
     assert time.monotonic() - started < 3
     status = fed.status()
     assert status["fast"] is RequestStatus.SUCCESS
-    assert status["silent"] is RequestStatus.TIMEOUT
-    assert status["slowish"] is RequestStatus.TIMEOUT
     report = fed.policy_report()
     assert report is not None
     assert report.policy == "StopOnTimeout"
-    assert report.node_id in {"silent", "slowish"}
+    # Each node's clock runs from its own send: the one that stopped the request timed out;
+    # the other timed out too, or was stopped if it was sent a moment later.
+    assert status[report.node_id] is RequestStatus.TIMEOUT
+    assert {status["silent"], status["slowish"]} <= {RequestStatus.TIMEOUT, RequestStatus.STOPPED}
 
 
 async def test_stop_on_timeout_marks_nodes_not_yet_late_as_stopped(

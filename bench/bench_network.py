@@ -1,0 +1,293 @@
+"""The request layer end to end on the local RabbitMQ, against plain aio-pika in the same run.
+
+Figures, each ours (Requests and NodeAgent) against the raw baseline of
+:mod:`bench.parties` doing the same work with the same guarantees:
+
+- round trip p50 and p99: sequential pings to one node;
+- fan-out and collection: one ping to 1, 10, 100 and 250 nodes at once, median time;
+- payloads: float32 parameters of 1 MB, 10 MB, 100 MB and 1 GB in a TrainRequest echoed back by
+  the node, in MB/s of parameters moved (out and back);
+- peak resident memory of the researcher and of the node for 100 MB and 1 GB, each side in a
+  process of its own;
+- security on and off: the round trip with every envelope authenticated.
+
+The node side runs as a separate process (many agents as tasks sharing two connections, see
+:mod:`bench.swarm`), the researcher side as another, so neither figure includes the other's
+CPU. A vhost is created for the run through the management API and deleted afterwards.
+
+Configuration, by environment or on the command line of ``python -m bench.bench_network``:
+``BENCH_QUICK=1`` / ``--quick`` (no 1 GB, no 250 nodes, fewer repetitions),
+``BENCH_PAYLOAD_MB=1,10,100,1024``, ``BENCH_FANOUT=1,10,100,250``, ``BENCH_AMQP_URL``
+(``amqp://guest:guest@127.0.0.1:5672/``) and ``BENCH_MANAGEMENT_URL``
+(``http://guest:guest@127.0.0.1:15672``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from bench import Row, row
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1024**2
+TARGET_ROUND_TRIP = 1.3
+TARGET_FANOUT_100 = 1.5
+TARGET_GB_TIME = 1 / 0.7
+RSS_BUDGET = 2.5 * 1024**3
+ROUNDS = 2
+"""Turns each kind takes at every figure (but 1 GB); the best of them is kept."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to measure and where."""
+
+    amqp_url: str
+    management_url: str
+    payload_mb: tuple[int, ...]
+    fanout: tuple[int, ...]
+    pings: int
+    fanout_repeat: int
+
+    @classmethod
+    def from_env(cls, quick: bool = False) -> Settings:
+        quick = quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+        payloads = "1,10,100" if quick else "1,10,100,1024"
+        fanout = "1,10,100" if quick else "1,10,100,250"
+        return cls(
+            amqp_url=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+            management_url=os.environ.get(
+                "BENCH_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+            ),
+            payload_mb=_ints(os.environ.get("BENCH_PAYLOAD_MB", payloads)),
+            fanout=_ints(os.environ.get("BENCH_FANOUT", fanout)),
+            pings=200 if quick else 500,
+            fanout_repeat=5 if quick else 10,
+        )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+@contextmanager
+def _vhost(settings: Settings) -> Iterator[str]:
+    """A vhost of this run's own; yields its AMQP URL."""
+    parts = urlsplit(settings.management_url)
+    auth = (parts.username or "guest", parts.password or "guest")
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}/api"
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=base, auth=auth, timeout=30) as client:
+        client.put(f"/vhosts/{name}", json={}).raise_for_status()
+        client.put(
+            f"/permissions/{name}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"}
+        ).raise_for_status()
+        try:
+            yield settings.amqp_url.rstrip("/") + "/" + quote(name, safe="")
+        finally:
+            client.delete(f"/vhosts/{name}")
+
+
+class Nodes:
+    """A node-side process (``python -m bench.parties nodes``), stopped by closing stdin."""
+
+    def __init__(self, kind: str, url: str, namespace: str, count: int, folder: Path, *extra: str):
+        command = [
+            sys.executable, "-m", "bench.parties", "nodes", "--kind", kind, "--url", url,
+            "--namespace", namespace, "--count", str(count), "--dir", str(folder), *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if line != "ready":
+            self.process.kill()
+            raise RuntimeError(f"{kind} nodes did not start: {line!r}")
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the nodes; return what they printed last (their peak RSS)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        output = self.process.stdout.read()
+        self.process.wait(timeout=120)
+        result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+        return result
+
+
+def _researcher(kind: str, url: str, namespace: str, scenario: str, *extra: str) -> dict[str, Any]:
+    command = [
+        sys.executable, "-m", "bench.parties", "researcher", "--kind", kind, "--url", url,
+        "--namespace", namespace, "--scenario", scenario, *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} researcher {scenario} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
+    """Round trip and fan-out. Both kinds of nodes stay up while the researchers take turns,
+    ``ROUNDS`` times each; each figure is the best of its rounds, the one least disturbed by
+    whatever else the machine runs."""
+    most = max(settings.fanout, default=1)
+    namespaces = {kind: f"{kind}{uuid.uuid4().hex[:6]}" for kind in ("raw", "ours")}
+    nodes = {
+        kind: Nodes(kind, url, namespace, most, folder / namespace)
+        for kind, namespace in namespaces.items()
+    }
+    best: dict[tuple[str, str], dict[str, float]] = {}
+
+    def keep(kind: str, scenario: str, result: dict[str, Any]) -> None:
+        known = best.setdefault((kind, scenario), {"p50": math.inf, "p99": math.inf})
+        known["p50"] = min(known["p50"], result["p50"])
+        known["p99"] = min(known["p99"], result["p99"])
+
+    try:
+        for _ in range(ROUNDS):
+            for kind, namespace in namespaces.items():
+                pings = ["--repeat", str(settings.pings), "--warmup", "50"]
+                keep(kind, "ping", _researcher(kind, url, namespace, "ping", *pings))
+                for count in settings.fanout:
+                    result = _researcher(
+                        kind, url, namespace, f"fanout{count}", "--count", str(count),
+                        "--repeat", str(settings.fanout_repeat), "--warmup", "2",
+                    )  # fmt: skip
+                    keep(kind, f"fanout{count}", result)
+    finally:
+        for running in nodes.values():
+            running.stop()
+    ms = 1000
+    ours, raw = best["ours", "ping"], best["raw", "ping"]
+    rows = [
+        row("round trip p50, 1 node", ours["p50"] * ms, raw["p50"] * ms, "ms", TARGET_ROUND_TRIP),
+        row("round trip p99, 1 node", ours["p99"] * ms, raw["p99"] * ms, "ms", None),
+    ]
+    for count in settings.fanout:
+        ours, raw = best["ours", f"fanout{count}"], best["raw", f"fanout{count}"]
+        target = TARGET_FANOUT_100 if count == 100 else None
+        rows.append(
+            row(f"fan-out and collect, {count} nodes", ours["p50"] * ms, raw["p50"] * ms, "ms",
+                target)
+        )  # fmt: skip
+    return rows
+
+
+def _payload_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
+    """Echo of float32 parameters, one fresh pair of processes per size and kind."""
+    rows: list[Row] = []
+    for size_mb in settings.payload_mb:
+        size = size_mb * MB
+        repeat, warmup = (1, 0) if size_mb >= 1024 else (2, 1) if size_mb >= 100 else (5, 1)
+        measured: dict[str, dict[str, Any]] = {}
+        rounds = 1 if size_mb >= 1024 else ROUNDS
+        for _ in range(rounds):
+            for kind in ("raw", "ours"):
+                namespace = f"{kind}{uuid.uuid4().hex[:6]}"
+                nodes = Nodes(kind, url, namespace, 1, folder / namespace)
+                try:
+                    result = _researcher(
+                        kind, url, namespace, f"echo{size_mb}", "--size", str(size),
+                        "--repeat", str(repeat), "--warmup", str(warmup),
+                    )  # fmt: skip
+                finally:
+                    node_rss = nodes.stop()["peak_rss"]
+                result["node_rss"] = node_rss
+                if kind not in measured or result["p50"] < measured[kind]["p50"]:
+                    measured[kind] = result
+        ours, raw = measured["ours"], measured["raw"]
+        label = f"{size_mb} MB" if size_mb < 1024 else f"{size_mb // 1024} GB"
+        moved = 2 * size / MB
+        rows.append(
+            row(f"echo {label} params, MB/s (higher is better)", moved / ours["p50"],
+                moved / raw["p50"], "MB/s", None)
+        )  # fmt: skip
+        if size_mb >= 1024:
+            rows.append(
+                row(f"echo {label} params, time", ours["p50"], raw["p50"], "s", TARGET_GB_TIME)
+            )
+        if size_mb >= 100:
+            for side, key in (("researcher", "peak_rss"), ("node", "node_rss")):
+                rows.append(
+                    row(f"peak RSS {side}, {label}", ours[key] / MB, raw[key] / MB, "MB", None)
+                )
+                if size_mb >= 1024:
+                    rows.append(
+                        row(f"peak RSS {side}, {label}, against 2.5 GB", ours[key] / MB,
+                            RSS_BUDGET / MB, "MB", 1.0)
+                    )  # fmt: skip
+    return rows
+
+
+def _security_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
+    """The round trip with every envelope authenticated, against raw and against ours
+    without security."""
+    try:
+        from broker_net.introductions import introduce
+    except ImportError:
+        return [row("round trip p50, security on (not available)", 1.0, 1.0, "ms", None)]
+    namespace = f"sec{uuid.uuid4().hex[:6]}"
+    researcher_dir = folder / namespace / "alice"
+    introduce("alice", researcher_dir, {"node-000": folder / namespace / "node-000"})
+    pings = ["--repeat", str(settings.pings), "--warmup", "50"]
+    nodes = Nodes("ours", url, namespace, 1, folder / namespace, "--security")
+    try:
+        signed = _researcher(
+            "ours", url, namespace, "ping", *pings, "--security-dir", str(researcher_dir)
+        )
+    finally:
+        nodes.stop()
+    namespace = f"plain{uuid.uuid4().hex[:6]}"
+    nodes = Nodes("ours", url, namespace, 1, folder / namespace)
+    try:
+        plain = _researcher("ours", url, namespace, "ping", *pings)
+    finally:
+        nodes.stop()
+    namespace = f"raw{uuid.uuid4().hex[:6]}"
+    nodes = Nodes("raw", url, namespace, 1, folder / namespace)
+    try:
+        raw = _researcher("raw", url, namespace, "ping", *pings)
+    finally:
+        nodes.stop()
+    ms = 1000
+    return [
+        row("round trip p50, security on vs raw", signed["p50"] * ms, raw["p50"] * ms, "ms", None),
+        row("round trip p50, security on vs off", signed["p50"] * ms, plain["p50"] * ms, "ms",
+            None),
+    ]  # fmt: skip
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Measure every figure above; ratios are ours / raw (lower is better unless the name
+    says otherwise)."""
+    settings = Settings.from_env(quick)
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder, _vhost(settings) as url:
+        base = Path(folder)
+        return [
+            *_latency_rows(url, settings, base),
+            *_payload_rows(url, settings, base),
+            *_security_rows(url, settings, base),
+        ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_network", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="no 1 GB, no 250 nodes")
+    for item in run(parser.parse_args().quick):
+        print(json.dumps(item))
