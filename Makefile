@@ -56,3 +56,8 @@ compose-env: ## Write .env for docker-compose with fresh random passwords (never
 
 compose-check: $(STAMP) broker ## The deployment tests: compose file, definitions, status, the compose services run locally.
 	$(BIN)/pytest tests/deploy
+
+.PHONY: soak
+
+soak: $(STAMP) broker ## Soak: rounds with 50 node agents while connections drop at random (SOAK_SECONDS, default 600).
+	$(BIN)/python -m bench.soak

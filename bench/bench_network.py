@@ -147,11 +147,16 @@ def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
     ``ROUNDS`` times each; each figure is the best of its rounds, the one least disturbed by
     whatever else the machine runs."""
     most = max(settings.fanout, default=1)
-    namespaces = {kind: f"{kind}{uuid.uuid4().hex[:6]}" for kind in ("raw", "ours")}
-    nodes = {
-        kind: Nodes(kind, url, namespace, most, folder / namespace)
-        for kind, namespace in namespaces.items()
+    # The round trip goes to a process serving one node, the fan-out to one serving them all.
+    namespaces = {
+        (kind, count): f"{kind}{uuid.uuid4().hex[:6]}"
+        for kind in ("raw", "ours")
+        for count in (1, most)
     }
+    nodes = [
+        Nodes(kind, url, namespace, count, folder / namespace)
+        for (kind, count), namespace in namespaces.items()
+    ]
     best: dict[tuple[str, str], dict[str, float]] = {}
 
     def keep(kind: str, scenario: str, result: dict[str, Any]) -> None:
@@ -161,17 +166,19 @@ def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
 
     try:
         for _ in range(ROUNDS):
-            for kind, namespace in namespaces.items():
+            for kind in ("raw", "ours"):
                 pings = ["--repeat", str(settings.pings), "--warmup", "50"]
-                keep(kind, "ping", _researcher(kind, url, namespace, "ping", *pings))
+                single = namespaces[kind, 1]
+                keep(kind, "ping", _researcher(kind, url, single, "ping", *pings))
                 for count in settings.fanout:
                     result = _researcher(
-                        kind, url, namespace, f"fanout{count}", "--count", str(count),
-                        "--repeat", str(settings.fanout_repeat), "--warmup", "2",
+                        kind, url, namespaces[kind, most], f"fanout{count}",
+                        "--count", str(count), "--repeat", str(settings.fanout_repeat),
+                        "--warmup", "2",
                     )  # fmt: skip
                     keep(kind, f"fanout{count}", result)
     finally:
-        for running in nodes.values():
+        for running in nodes:
             running.stop()
     ms = 1000
     ours, raw = best["ours", "ping"], best["raw", "ping"]

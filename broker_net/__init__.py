@@ -4,6 +4,7 @@ Everything public is importable from here: ``from broker_net import TrainRequest
 """
 
 from broker_net.amqp import AmqpTransport
+from broker_net.chunking import Chunking, TransferProgress
 from broker_net.codec import (
     CONTENT_TYPE,
     DEFAULT_MAX_SIZE,
@@ -98,6 +99,7 @@ __all__ = [
     "Authenticator",
     "BrokerAccessError",
     "BrokerNetError",
+    "Chunking",
     "CodecError",
     "ConnectionLostError",
     "DatasetInfo",
@@ -143,6 +145,7 @@ __all__ = [
     "TrainingPlanStatus",
     "TrainingPlanStatusReply",
     "TrainingPlanStatusRequest",
+    "TransferProgress",
     "Transport",
     "TransportError",
     "UnroutableError",

@@ -63,6 +63,9 @@ def _ndarray_parts(array: np.ndarray[Any, Any]) -> Parts:
     return [_EXT32.pack(0xC9, length, NDARRAY_EXT) + _META_LEN.pack(len(meta)) + meta, raw]
 
 
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 class _Encoder:
     """Walks a value, packing plain parts with msgpack and arrays as zero-copy extension parts."""
 
@@ -78,7 +81,16 @@ class _Encoder:
         return self.parts
 
     def add(self, value: Any) -> None:
-        if isinstance(value, Mapping):
+        # Exact built-in types first: most of a message is plain values and dicts, and the
+        # isinstance chain below (Mapping is an ABC) costs more than packing them.
+        kind = type(value)
+        if kind in _PLAIN:
+            try:
+                self._pending += self._packer.pack(value)
+            except OverflowError as exc:
+                raise CodecError(f"cannot encode {kind.__name__}: {exc}") from exc
+            return
+        if kind is dict or isinstance(value, Mapping):
             self._pending += self._packer.pack_map_header(len(value))
             for key, item in value.items():
                 if not isinstance(key, str | bytes):

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from yarl import URL
@@ -30,31 +32,34 @@ logger = logging.getLogger(__name__)
 RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reconnect, unless a URL sets ``reconnect_interval``."""
 
+_HOST_PORT = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
 
 def broker_urls(value: str) -> list[str]:
     """Split a comma-separated list of broker URLs into full URLs.
 
     Raises:
-        ValueError: the list is empty, has an empty entry, or starts with a bare
-            ``host:port``.
+        ValueError: the list is empty, has an empty entry, starts with a bare ``host:port``,
+            or has an entry that is neither a URL nor ``host[:port]``.
     """
     entries = [entry.strip() for entry in value.split(",")]
-    if not entries or any(not entry for entry in entries):
+    if any(not entry for entry in entries):
         raise ValueError(f"empty entry in the broker URL list {redact(value)!r}")
     first = entries[0]
     if "://" not in first:
         raise ValueError(f"the first broker URL must be a full URL, not {first!r}")
-    base = URL(first)
+    base = urlsplit(first)
+    userinfo = base.netloc.rpartition("@")[0]
     urls = [first]
     for entry in entries[1:]:
         if "://" in entry:
             urls.append(entry)
             continue
-        host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
-        try:
-            urls.append(str(base.with_host(host or entry).with_port(int(port) if port else None)))
-        except ValueError as exc:
-            raise ValueError(f"bad broker address {entry!r}: {exc}") from exc
+        if not _HOST_PORT.fullmatch(entry):
+            raise ValueError(f"bad broker address {entry!r}: expected host or host:port")
+        # Built from the first URL's text, so its escapes (%2C, %40...) stay as written.
+        netloc = f"{userinfo}@{entry}" if userinfo else entry
+        urls.append(urlunsplit(base._replace(netloc=netloc)))
     return urls
 
 

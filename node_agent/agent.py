@@ -412,10 +412,21 @@ class NodeAgent:
             stored = StoredReply(body, reply_to, reply.type, header.message_id)
             assert self.replies is not None
             if reply.type != "error" and envelope.header.message_type not in _LIGHT_TYPES:
-                await anyio.to_thread.run_sync(self.replies.persist, request_id, stored)
-            else:
-                self.replies.remember(request_id, stored)
+                # Written to disk while the reply goes out: the stored copy only serves to
+                # answer a redelivery, and there is none once the request is acked.
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._persist, request_id, stored)
+                    await self._send(delivery, request_id, body, reply_to, header, reply)
+                return
+            self.replies.remember(request_id, stored)
         await self._send(delivery, request_id, body, reply_to, header, reply)
+
+    async def _persist(self, request_id: str, stored: StoredReply) -> None:
+        assert self.replies is not None
+        try:
+            await anyio.to_thread.run_sync(self.replies.persist, request_id, stored)
+        except Exception as exc:  # the reply is sent all the same
+            logger.warning("the reply to %s could not be stored: %s", request_id, exc)
 
     async def _send_stored(self, delivery: Delivery, request_id: str, stored: StoredReply) -> None:
         header = EnvelopeHeader(

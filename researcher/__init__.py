@@ -25,12 +25,14 @@ from researcher.jobs import (
 )
 from researcher.lifecycle import State, TransitionError
 from researcher.policies import (
+    DiscardOnStall,
     DiscardOnTimeout,
     NodeState,
     Policy,
     RequestStatus,
     StopOnDisconnect,
     StopOnError,
+    StopOnStall,
     StopOnTimeout,
     Verdict,
 )
@@ -59,6 +61,7 @@ from researcher.store import JobStore
 
 __all__ = [
     "AnalyticsTask",
+    "DiscardOnStall",
     "DiscardOnTimeout",
     "Experiment",
     "ExperimentResult",
@@ -99,6 +102,7 @@ __all__ = [
     "State",
     "StopOnDisconnect",
     "StopOnError",
+    "StopOnStall",
     "StopOnTimeout",
     "TrainingJob",
     "TrainingPlanApproveJob",

@@ -254,6 +254,8 @@ class FederatedRequest:
             self._log_summary()
 
     def _log_summary(self) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return  # the timings below cost more than the log line, per node and request
         for node, entry in self._nodes.items():
             timing = self._timing(entry)
             logger.info(
@@ -271,9 +273,12 @@ class FederatedRequest:
             entry.sent_at = now - max((now_wall - sent_wall).total_seconds(), 0.0)
         to_send = {n: m for n, m in self._messages.items() if n not in self._already_sent}
         shared = _shared_body(to_send)
-        async with anyio.create_task_group() as group:
-            for node, message in to_send.items():
-                group.start_soon(self._send_one, node, message, shared)
+        if len(to_send) == 1:
+            await self._send_one(*next(iter(to_send.items())), shared)
+        else:
+            async with anyio.create_task_group() as group:
+                for node, message in to_send.items():
+                    group.start_soon(self._send_one, node, message, shared)
         for node, message, arrived in self._requests._take_parked(self.request_id):
             self._on_reply(node, message, arrived)
 
