@@ -21,20 +21,18 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from broker_net.messages import DatasetInfo
+from broker_net.sqlite import SqliteStore
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -138,34 +136,14 @@ class DatasetEntry:
         )
 
 
-class DatasetRegistry:
+class DatasetRegistry(SqliteStore):
     """The datasets of one node, in ``<data_dir>/datasets.sqlite``.
 
     Safe to share between threads. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(data_dir / "datasets.sqlite", check_same_thread=False)
-        with self._transaction() as conn:
-            conn.execute(_SCHEMA)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._conn:
-            yield self._conn
+        super().__init__(data_dir / "datasets.sqlite", [_SCHEMA])
 
     def add(
         self,

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from broker_net.messages import TrainingPlanStatus
+from broker_net.sqlite import SqliteStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (
@@ -88,36 +85,14 @@ class PlanRecord:
     updated_at: str
 
 
-class PlanRegistry:
+class PlanRegistry(SqliteStore):
     """The training plans of one node, in ``<data_dir>/plans.sqlite``.
 
     Safe to share between threads. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            data_dir / "plans.sqlite", check_same_thread=False, timeout=10.0
-        )
-        with self._transaction() as conn:
-            conn.execute(_SCHEMA)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._conn:
-            yield self._conn
+        super().__init__(data_dir / "plans.sqlite", [_SCHEMA])
 
     def register(
         self, source: str, *, description: str = "", researcher_id: str = ""

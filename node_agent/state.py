@@ -12,15 +12,14 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from broker_net.codec import decode, encode
+from broker_net.sqlite import SqliteStore
 
 INLINE_LIMIT = 64 * 1024
 """Entries whose encoding is longer than this many bytes are stored in files."""
@@ -61,37 +60,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class NodeStateStore:
+class NodeStateStore(SqliteStore):
     """States of one node, in ``<data_dir>/state.sqlite`` and ``<data_dir>/state/``.
 
     Safe to share between threads. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
         self._folder = data_dir / "state"
-        self._folder.mkdir(exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(data_dir / "state.sqlite", check_same_thread=False)
-        with self._transaction() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._conn:
-            yield self._conn
+        self._folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(data_dir / "state.sqlite", _SCHEMA)
 
     def new_state_id(self) -> str:
         """Create an empty state and return its id, ``state_<hex>``."""
