@@ -31,7 +31,7 @@ app.add_typer(plans_app, name="plans")
 
 
 def _locate_identity() -> tuple[str, Path, Path]:
-    settings = NodeSettings()  # type: ignore[call-arg]
+    settings = NodeSettings()
     return settings.node_id, settings.identity_dir, settings.trust_path
 
 
