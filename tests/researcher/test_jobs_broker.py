@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from broker_net.amqp import AmqpTransport
 from broker_net.messages import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
-from broker_net.topology import Topology
 from broker_net.training_plan import plan_source
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
@@ -30,24 +27,6 @@ from tests.support.processes import AgentProcesses
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 NODES = ["n1", "n2", "n3"]
 COLUMNS = ["a", "b", "label"]
-
-
-@pytest.fixture
-def agents(amqp_url: str, namespace: str, tmp_path: Path) -> Iterator[AgentProcesses]:
-    processes = AgentProcesses(amqp_url, namespace, tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.stop_all()
-
-
-@pytest.fixture
-async def requests(amqp_url: str, topology: Topology) -> AsyncIterator[Requests]:
-    async with (
-        AmqpTransport(amqp_url, connection_name="researcher") as transport,
-        Requests(transport, "alice", topology=topology) as reqs,
-    ):
-        yield reqs
 
 
 def _shards(tmp_path: Path) -> tuple[dict[str, str], np.ndarray]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
 import anyio
 import pytest
 
-from broker_net.amqp import AmqpTransport
 from broker_net.codec import decode_message
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.messages import ErrorCode, ErrorMessage, PingRequest
@@ -26,24 +24,6 @@ from researcher.requests import Requests
 from tests.support.processes import AgentProcesses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
-
-
-@pytest.fixture
-def agents(amqp_url: str, namespace: str, tmp_path: Path) -> Iterator[AgentProcesses]:
-    processes = AgentProcesses(amqp_url, namespace, tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.stop_all()
-
-
-@pytest.fixture
-async def requests(amqp_url: str, topology: Topology) -> AsyncIterator[Requests]:
-    async with (
-        AmqpTransport(amqp_url, connection_name="researcher") as transport,
-        Requests(transport, "alice", topology=topology, presence_check_interval=0.2) as reqs,
-    ):
-        yield reqs
 
 
 def _ping() -> PingRequest:
