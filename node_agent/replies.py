@@ -8,12 +8,12 @@ agent restart.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+from broker_net.sqlite import SqliteStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class StoredReply:
     message_id: str
 
 
-class ReplyStore:
+class ReplyStore(SqliteStore):
     """Sealed replies by request id.
 
     Args:
@@ -42,15 +42,15 @@ class ReplyStore:
         self._recent_bytes = 0
         self._memory_limit = memory_limit
         self._keep_seconds = keep_seconds
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply_to TEXT, "
-            "message_type TEXT, message_id TEXT, body BLOB, stored_at REAL)"
+        super().__init__(
+            path,
+            [
+                "CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply_to TEXT, "
+                "message_type TEXT, message_id TEXT, body BLOB, stored_at REAL)"
+            ],
         )
-        self._db.execute("DELETE FROM replies WHERE stored_at < ?", (time.time() - keep_seconds,))
+        with self._transaction() as db:
+            db.execute("DELETE FROM replies WHERE stored_at < ?", (time.time() - keep_seconds,))
 
     def remember(self, request_id: str, reply: StoredReply) -> None:
         """Keep ``reply`` in memory."""
@@ -67,8 +67,8 @@ class ReplyStore:
     def persist(self, request_id: str, reply: StoredReply) -> None:
         """Keep ``reply`` in memory and on disk (blocking: call from a worker thread)."""
         self.remember(request_id, reply)
-        with self._lock:
-            self._db.execute(
+        with self._transaction() as db:
+            db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
                 (request_id, reply.reply_to, reply.message_type, reply.message_id,
                  reply.body, time.time()),
@@ -85,15 +85,13 @@ class ReplyStore:
             found = self._recent.get(request_id)
             if found is not None:
                 return found
-            row = self._db.execute(
+            rows = self._query(
                 "SELECT body, reply_to, message_type, message_id FROM replies WHERE request_id = ?",
                 (request_id,),
-            ).fetchone()
-        if row is None:
+            )
+        if not rows:
             return None
-        return StoredReply(body=row[0], reply_to=row[1], message_type=row[2], message_id=row[3])
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
+        body, reply_to, message_type, message_id = rows[0]
+        return StoredReply(
+            body=body, reply_to=reply_to, message_type=message_type, message_id=message_id
+        )

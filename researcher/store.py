@@ -24,15 +24,14 @@ import json
 import os
 import socket
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from broker_net.messages import new_id
+from broker_net.sqlite import SqliteStore
 from researcher.lifecycle import State, check_transition
 from researcher.spec import JobSpec
 
@@ -268,52 +267,15 @@ def owner_alive(job: JobRecord) -> bool:
     return age.total_seconds() < OWNER_STALE_AFTER
 
 
-class JobStore:
+class JobStore(SqliteStore):
     """Jobs of one researcher, in ``<data_dir>/jobs.sqlite`` and ``<data_dir>/jobs/``.
 
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            data_dir / "jobs.sqlite", check_same_thread=False, timeout=30.0,
-            isolation_level=None,
-        )  # fmt: skip
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self._transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        super().__init__(data_dir / "jobs.sqlite", _SCHEMA.split(";"), timeout=30.0)
 
     # --- jobs ----------------------------------------------------------------------------------
 
