@@ -228,12 +228,12 @@ class AmqpTransport:
         *,
         mandatory: bool = False,
     ) -> None:
-        """Publish and wait for the broker's confirm, riding out reconnections; a body above
-        the chunk size goes as chunks, each confirmed.
+        """Publish and wait for the broker's confirm, riding out reconnections (and nacks,
+        for ``nack_retry`` seconds); a body above the chunk size goes as chunks, each confirmed.
 
         Raises:
             UnroutableError: ``mandatory`` is set and no queue takes the message.
-            PublishError: the broker nacked the message.
+            PublishError: the broker nacked the message, still after ``nack_retry`` seconds.
             ConnectionLostError: no confirm within ``publish_timeout``.
         """
         if isinstance(message.body, bytes) and len(message.body) <= self.chunking.chunk_size:

@@ -30,6 +30,7 @@ class SqliteStore:
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA cache_size=-512")  # KiB: small, these files are small
         with self._transaction() as conn:
             for statement in schema:
                 if statement.strip():

@@ -31,16 +31,23 @@ class ReplyStore(SqliteStore):
 
     Args:
         path: the SQLite file for persisted replies.
-        memory_limit: total bytes of replies kept in memory.
+        memory_limit: total bytes of light replies kept in memory.
+        memory_entries: most light replies kept in memory.
         keep_seconds: how long persisted replies are kept.
     """
 
     def __init__(
-        self, path: Path, *, memory_limit: int = 256 * 1024**2, keep_seconds: float = 7 * 86400
+        self,
+        path: Path,
+        *,
+        memory_limit: int = 16 * 1024**2,
+        memory_entries: int = 4096,
+        keep_seconds: float = 7 * 86400,
     ) -> None:
         self._recent: OrderedDict[str, StoredReply] = OrderedDict()
         self._recent_bytes = 0
         self._memory_limit = memory_limit
+        self._memory_entries = memory_entries
         self._keep_seconds = keep_seconds
         super().__init__(
             path,
@@ -60,13 +67,15 @@ class ReplyStore(SqliteStore):
                 self._recent_bytes -= len(previous.body)
             self._recent[request_id] = reply
             self._recent_bytes += len(reply.body)
-            while self._recent_bytes > self._memory_limit and len(self._recent) > 1:
+            while len(self._recent) > 1 and (
+                self._recent_bytes > self._memory_limit or len(self._recent) > self._memory_entries
+            ):
                 _, dropped = self._recent.popitem(last=False)
                 self._recent_bytes -= len(dropped.body)
 
     def persist(self, request_id: str, reply: StoredReply) -> None:
-        """Keep ``reply`` in memory and on disk (blocking: call from a worker thread)."""
-        self.remember(request_id, reply)
+        """Keep ``reply`` on disk only (blocking: call from a worker thread); memory holds the
+        light replies, so a long-running agent's memory stays flat."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
