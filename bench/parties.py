@@ -311,12 +311,15 @@ async def _scenario(args: argparse.Namespace, nodes: list[str], send: Send) -> d
     for _ in range(args.warmup):
         await send(args.scenario, nodes, args.size)
     timings = []
+    cpu_start = time.process_time()
     for _ in range(args.repeat):
         start = time.perf_counter()
         await send(args.scenario, nodes, args.size)
         timings.append(time.perf_counter() - start)
+    cpu = time.process_time() - cpu_start
     return {
         "timings": timings,
+        "cpu_per_op": cpu / max(args.repeat, 1),
         "p50": statistics.median(timings),
         "p99": float(np.percentile(timings, 99)),
     }

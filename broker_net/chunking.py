@@ -51,8 +51,8 @@ from typing import Any
 
 import anyio
 import numpy as np
-from anyio.streams.memory import MemoryObjectReceiveStream
 
+from broker_net.inbox import Inbox
 from broker_net.transport import Delivery, OutgoingMessage
 
 logger = logging.getLogger(__name__)
@@ -519,6 +519,11 @@ class Reassembler:
             await chunk.ack()
         return self._refuse(delivery, transfer.header.transfer_id, code, reason, now)
 
+    @property
+    def busy(self) -> bool:
+        """True while a transfer is being reassembled or a refused one is remembered."""
+        return bool(self._transfers or self._refused or self.reserved)
+
     def next_eviction(self) -> float | None:
         """The monotonic time the next idle transfer is due to be abandoned, if any."""
         if not self._transfers and not self._refused:
@@ -567,7 +572,7 @@ class ReassembledStream:
 
     def __init__(
         self,
-        raw: MemoryObjectReceiveStream[Delivery],
+        raw: Inbox[Delivery],
         reassembler: Reassembler,
         prefetch: int,
         set_prefetch: Callable[[int], Awaitable[bool]],
@@ -584,6 +589,18 @@ class ReassembledStream:
 
     async def __anext__(self) -> Delivery:
         reassembler = self.reassembler
+        if self.prefetch == self._base and not reassembler.busy:
+            # The common case, no chunked transfer in sight: the next delivery as it is.
+            try:
+                first = await self._raw.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            if TRANSFER_ID not in first.headers:
+                return first
+            whole = await reassembler.feed(first)
+            if whole is not None:
+                await self._adjust_prefetch()
+                return whole
         while True:
             await self._adjust_prefetch()
             due = reassembler.next_eviction()

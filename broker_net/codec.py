@@ -66,6 +66,18 @@ def _ndarray_parts(array: np.ndarray[Any, Any]) -> Parts:
 _PLAIN: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None)})
 
 
+def _is_flat(mapping: dict[Any, Any]) -> bool:
+    """True when every key is a str and every value a plain value or an aware datetime, so
+    msgpack can pack the map as it is."""
+    for key, item in mapping.items():
+        if type(key) is not str:
+            return False
+        kind = type(item)
+        if kind not in _PLAIN and not (kind is datetime and item.tzinfo is not None):
+            return False
+    return True
+
+
 class _Encoder:
     """Walks a value, packing plain parts with msgpack and arrays as zero-copy extension parts."""
 
@@ -89,6 +101,13 @@ class _Encoder:
                 self._pending += self._packer.pack(value)
             except OverflowError as exc:
                 raise CodecError(f"cannot encode {kind.__name__}: {exc}") from exc
+            return
+        if kind is dict and _is_flat(value):
+            # A map of plain values (a ping, a status reply) is packed in one call.
+            try:
+                self._pending += self._packer.pack(value)
+            except (OverflowError, ValueError) as exc:
+                raise CodecError(f"cannot encode a map: {exc}") from exc
             return
         if kind is dict or isinstance(value, Mapping):
             self._pending += self._packer.pack_map_header(len(value))
@@ -136,6 +155,14 @@ def encode_parts(value: Any) -> Parts:
         CodecError: the value holds something msgpack cannot carry (object arrays, naive
             datetimes, map keys other than str or bytes, arbitrary objects).
     """
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if type(value) is dict and _is_flat(value):
+        # Most messages (pings, status, errors) hold plain values only: one msgpack call.
+        try:
+            return [msgpack.packb(value, use_bin_type=True, datetime=True)]
+        except (OverflowError, ValueError) as exc:
+            raise CodecError(f"cannot encode a map: {exc}") from exc
     encoder = _Encoder()
     try:
         encoder.add(value)

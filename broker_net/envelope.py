@@ -20,16 +20,21 @@ import msgpack
 
 from broker_net.codec import Parts, encode_parts
 from broker_net.errors import EnvelopeError, MessageTooLargeError
-from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, new_id
+from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, field_value
 
 Role = Literal["researcher", "node"]
 ENVELOPE_VERSION = 1
 _HEADER_PEEK = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EnvelopeHeader:
-    """Who sent what to whom, and when. Everything here is readable before the body is decoded."""
+    """Who sent what to whom, and when. Everything here is readable before the body is decoded.
+
+    Treat a header as read-only (build a new one to change a field). It is not a frozen
+    dataclass because one is built for every message sent and received, and a frozen
+    dataclass takes four times as long to build.
+    """
 
     message_id: str
     sender_id: str
@@ -55,15 +60,18 @@ class EnvelopeHeader:
         cls, message: AnyMessage, *, sender_id: str, sender_role: Role, recipient: str
     ) -> EnvelopeHeader:
         """Build the header for ``message``, copying its ids and type."""
-        request_id = getattr(message, "request_id", None)
+        # One read of the system's random source gives both the message id and the nonce.
+        random = os.urandom(32)
         return cls(
-            message_id=new_id("msg"),
+            message_id=f"msg_{random[:16].hex()}",
             sender_id=sender_id,
             sender_role=sender_role,
             recipient=recipient,
             message_type=message.type,
-            request_id=request_id,
-            experiment_id=getattr(message, "experiment_id", None),
+            request_id=field_value(message, "request_id"),
+            experiment_id=field_value(message, "experiment_id"),
+            created_at=time.time(),
+            nonce=random[16:],
         )
 
 
@@ -144,20 +152,19 @@ def unseal(data: bytes | bytearray | memoryview, *, max_size: int | None = None)
     view = memoryview(data)
     if max_size is not None and view.nbytes > max_size:
         raise MessageTooLargeError(view.nbytes, max_size)
+    # Every envelope starts with 0x93, msgpack's fixarray of three items (seal_parts writes it).
+    if not view.nbytes or view[0] != 0x93:
+        raise EnvelopeError("an envelope is a msgpack array of three items")
     try:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_HEADER_PEEK * 2)
-        unpacker.feed(view[:_HEADER_PEEK])
-        if unpacker.read_array_header() != 3:
-            raise EnvelopeError("an envelope is a msgpack array of three items")
-        start = unpacker.tell()
+        unpacker.feed(view[1:_HEADER_PEEK])
         raw_header = unpacker.unpack()
-        header_end = unpacker.tell()
+        header_end = unpacker.tell() + 1
         auth = unpacker.unpack()
-        offset = unpacker.tell()
-    except EnvelopeError:
-        raise
+        offset = unpacker.tell() + 1
     except Exception as exc:
         raise EnvelopeError(f"not a broker-net envelope: {type(exc).__name__}: {exc}") from exc
+    start = 1
     body = _read_bin(view, offset)
     if not isinstance(raw_header, dict):
         raise EnvelopeError("the envelope header must be a map")
@@ -171,14 +178,16 @@ def unseal(data: bytes | bytearray | memoryview, *, max_size: int | None = None)
     return Envelope(header, bytes(view[start:header_end]), auth, body)
 
 
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+"""Bytes of the length field after each msgpack bin marker."""
+
+
 def _read_bin(view: memoryview, offset: int) -> memoryview:
     if offset >= view.nbytes:
         raise EnvelopeError("the envelope has no body")
-    marker = view[offset]
-    widths = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-    if marker not in widths:
+    width = _BIN_WIDTHS.get(view[offset])
+    if width is None:
         raise EnvelopeError("the envelope body must be a msgpack bin")
-    width = widths[marker]
     if offset + 1 + width > view.nbytes:
         raise EnvelopeError("truncated envelope body length")
     length = int.from_bytes(view[offset + 1 : offset + 1 + width], "big")
@@ -224,7 +233,7 @@ def amqp_headers(header: EnvelopeHeader, message: AnyMessage | None = None) -> d
     if header.experiment_id:
         headers["experiment-id"] = header.experiment_id
     if message is not None:
-        round_ = getattr(message, "round", None)
+        round_ = field_value(message, "round")
         if isinstance(round_, int):
             headers["round"] = round_
         if isinstance(message, ErrorMessage):

@@ -10,16 +10,14 @@ here is persisted.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from broker_net.chunking import (
     Chunking,
@@ -28,7 +26,8 @@ from broker_net.chunking import (
     Reassembler,
     publish_chunked,
 )
-from broker_net.errors import ConnectionLostError, PublishError, UnroutableError
+from broker_net.errors import ConnectionLostError, PublishError, TransportError, UnroutableError
+from broker_net.inbox import Inbox
 from broker_net.topology import ExchangeKind, ExchangeSpec, QueueSpec
 from broker_net.transport import Delivery, OutgoingMessage
 
@@ -46,7 +45,7 @@ class _Stored:
 class _Consumer:
     queue: _Queue
     prefetch: int
-    send: MemoryObjectSendStream[Delivery]
+    inbox: Inbox[Delivery]
     outstanding: dict[int, tuple[_Stored, Delivery]] = field(default_factory=dict)
 
     @property
@@ -125,7 +124,7 @@ class _Queue:
             _reject=reject,
         )
         consumer.outstanding[tag] = (stored, delivery)
-        consumer.send.send_nowait(delivery)
+        consumer.inbox.put_nowait(delivery)
 
     def _settle(self, consumer: _Consumer, tag: int) -> _Stored | None:
         entry = consumer.outstanding.pop(tag, None)
@@ -134,7 +133,7 @@ class _Queue:
 
     def remove_consumer(self, consumer: _Consumer) -> None:
         self.consumers.remove(consumer)
-        consumer.send.close()
+        consumer.inbox.close()
         unsettled = list(consumer.outstanding.values())
         consumer.outstanding.clear()
         for stored, delivery in reversed(unsettled):
@@ -243,6 +242,9 @@ class MemoryTransport:
             the same as on RabbitMQ, so simulations and tests exercise the same path.
     """
 
+    publish_timeout = 30.0
+    """As on RabbitMQ; a publish here is routed at once and never comes near it."""
+
     def __init__(self, broker: MemoryBroker, *, chunking: Chunking | None = None) -> None:
         self.broker = broker
         self.chunking = chunking or Chunking()
@@ -288,6 +290,24 @@ class MemoryTransport:
             self.chunking,
         )
 
+    async def publish_many(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, OutgoingMessage]],
+        *,
+        mandatory: bool = False,
+    ) -> list[TransportError | None]:
+        """Publish each ``(routing_key, message)`` in turn; one outcome per message."""
+        errors: list[TransportError | None] = []
+        for routing_key, message in messages:
+            try:
+                await self.publish(exchange, routing_key, message, mandatory=mandatory)
+            except TransportError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
     async def _publish_one(
         self, exchange: str, routing_key: str, message: OutgoingMessage, mandatory: bool
     ) -> None:
@@ -310,12 +330,10 @@ class MemoryTransport:
         self._check_open()
         self.broker.expire()
         self.broker.declare_queue(queue)
-        send: MemoryObjectSendStream[Delivery]
-        receive: MemoryObjectReceiveStream[Delivery]
         # Unbounded: the consumer's prefetch, which chunked transfers raise, bounds it.
-        send, receive = anyio.create_memory_object_stream[Delivery](max_buffer_size=math.inf)
+        inbox = Inbox[Delivery]()
         target = self.broker.queues[queue.name]
-        consumer = _Consumer(target, prefetch, send)
+        consumer = _Consumer(target, prefetch, inbox)
         target.consumers.append(consumer)
         self._consumers.add(consumer)
         target.dispatch()
@@ -328,9 +346,9 @@ class MemoryTransport:
 
         reassembler = Reassembler(self.chunking, on_progress=on_progress)
         try:
-            async with receive:
-                yield ReassembledStream(receive, reassembler, prefetch, set_prefetch)
+            yield ReassembledStream(inbox, reassembler, prefetch, set_prefetch)
         finally:
+            inbox.close()
             self._cancel(consumer)
 
     def _cancel(self, consumer: _Consumer) -> None:

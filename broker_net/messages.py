@@ -9,7 +9,7 @@ researcher derives each node's processing time.
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
@@ -20,8 +20,20 @@ from broker_net.version import PROTOCOL_VERSION
 
 
 def new_id(prefix: str) -> str:
-    """Return a fresh unique id such as ``request_3f2a...``."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """Return a fresh unique id such as ``request_3f2a...``: 128 random bits in hex."""
+    return f"{prefix}_{os.urandom(16).hex()}"
+
+
+def field_value(message: Any, name: str) -> Any:
+    """``message.name``, or ``None`` when the message has no such field.
+
+    Cheaper than ``getattr(message, name, None)`` on a pydantic model without that field,
+    whose attribute fallback costs more than building a small message.
+    """
+    values = getattr(message, "__dict__", None)
+    if values is None:
+        return getattr(message, name, None)
+    return values.get(name)
 
 
 def utc_now() -> datetime:

@@ -7,7 +7,7 @@ A transport is an async context manager; leaving it closes every consumer and th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias
@@ -16,6 +16,7 @@ from broker_net.topology import ExchangeSpec, QueueSpec
 
 if TYPE_CHECKING:
     from broker_net.chunking import ProgressCallback
+    from broker_net.errors import TransportError
 
 
 Body: TypeAlias = bytes | tuple[bytes | memoryview, ...]
@@ -95,6 +96,10 @@ class Delivery:
 class Transport(Protocol):
     """What broker-net needs from a message broker."""
 
+    publish_timeout: float
+    """Seconds a :meth:`publish` may wait for the broker before it raises
+    :class:`~broker_net.errors.ConnectionLostError`."""
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
@@ -118,6 +123,21 @@ class Transport(Protocol):
             UnroutableError: ``mandatory`` is set and no queue is bound for ``routing_key``.
             PublishError: the broker refused the message.
             ConnectionLostError: the broker stayed unreachable past the publish deadline.
+        """
+        ...
+
+    async def publish_many(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, OutgoingMessage]],
+        *,
+        mandatory: bool = False,
+    ) -> list[TransportError | None]:
+        """Publish ``(routing_key, message)`` pairs together and wait for every confirm.
+
+        Returns one outcome per message, in order: ``None`` once the broker has the message,
+        or the error :meth:`publish` would have raised for it. One failure does not stop the
+        others.
         """
         ...
 

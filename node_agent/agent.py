@@ -36,11 +36,13 @@ from broker_net.errors import (
     SecurityError,
     TransportError,
 )
+from broker_net.inbox import Inbox
 from broker_net.messages import (
     REPLY_TYPES,
     ErrorCode,
     ErrorMessage,
     Heartbeat,
+    field_value,
     utc_now,
 )
 from broker_net.security import MisdirectedMessageError, ReplayedMessageError
@@ -99,7 +101,8 @@ class NodeAgent:
         self.replies: ReplyStore | None = None
         self.counters: dict[str, int] = {"handled": 0, "errors": 0, "duplicates": 0}
         self._heavy = anyio.CapacityLimiter(settings.heavy_concurrency)
-        self._inflight: dict[str, anyio.Event] = {}
+        self._inflight: dict[str, anyio.Event | None] = {}
+        self._idle_workers = 0
         self._stopping = anyio.Event()
         self._ready = anyio.Event()
         self._task_group: TaskGroup | None = None
@@ -154,7 +157,16 @@ class NodeAgent:
     # --- receiving -----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        """Consume the queue and hand each delivery to a worker.
+
+        Workers are tasks of their own that take deliveries one after the other; one more is
+        started whenever a delivery finds every worker busy, so there are as many as requests
+        were ever in flight at once (at most the prefetch, give or take chunked transfers).
+        A task per delivery would be simpler, but starting an anyio task costs more than
+        answering a ping.
+        """
         queue = self.topology.node_queue(self.node_id)
+        work = Inbox[Delivery]()
         async with self.transport.consume(queue, prefetch=self.settings.prefetch) as deliveries:
             with anyio.CancelScope() as handlers_scope:
                 async with anyio.create_task_group() as handlers:
@@ -163,12 +175,20 @@ class NodeAgent:
                         self._ready.set()
                         logger.info("node %s consuming %s", self.node_id, queue.name)
                         async for delivery in deliveries:
-                            handlers.start_soon(self._handle_safely, delivery)
+                            work.put_nowait(delivery)
+                            if len(work) > self._idle_workers:
+                                self._idle_workers += 1  # counted idle until it takes one
+                                handlers.start_soon(self._work, work)
                     self._stopping.set()
+                    # Deliveries no worker has started go back to the queue; the workers
+                    # finish what they hold within the grace period, then see the end.
+                    while len(work):
+                        await _settle_quietly(work.receive_nowait().reject(requeue=True))
+                    work.close()
                     handlers_scope.deadline = anyio.current_time() + self.shutdown_grace
             if handlers_scope.cancelled_caught:
                 logger.warning("requests still running after the grace period go back to the queue")
-            # Deliveries prefetched but never started go back to the queue.
+            # Deliveries prefetched but never handed up go back to the queue.
             while True:
                 try:
                     delivery = deliveries.receive_nowait()  # type: ignore[attr-defined]
@@ -176,6 +196,20 @@ class NodeAgent:
                     break
                 await _settle_quietly(delivery.reject(requeue=True))
         self._task_group_cancel()
+
+    async def _work(self, work: Inbox[Delivery]) -> None:
+        """A worker: handle deliveries one at a time until the inbox is closed."""
+        while True:
+            try:
+                delivery = await work.receive()
+            except anyio.EndOfStream:
+                self._idle_workers -= 1
+                return
+            self._idle_workers -= 1
+            try:
+                await self._handle_safely(delivery)
+            finally:
+                self._idle_workers += 1
 
     def _task_group_cancel(self) -> None:
         if self._task_group is not None:
@@ -216,12 +250,15 @@ class NodeAgent:
             except SecurityError as exc:
                 await self._refuse(delivery, envelope, request_id, exc)
                 return
-        running = self._inflight.get(request_id)
-        if running is not None:
+        running = request_id in self._inflight
+        if running:
             # The same request is being handled (a redelivery after a dropped channel, or a
             # republished copy): wait for it, then answer from its stored reply.
             self.counters["duplicates"] += 1
-            await running.wait()
+            finished = self._inflight[request_id]
+            if finished is None:
+                finished = self._inflight[request_id] = anyio.Event()
+            await finished.wait()
         if replayed is not None and not delivery.redelivered:
             # A copy of a message already verified: refused. Its original was answered first.
             await self._refuse(delivery, envelope, request_id, replayed)
@@ -231,21 +268,25 @@ class NodeAgent:
         on_disk = delivery.redelivered or envelope.header.message_type not in _LIGHT_TYPES
         stored = await self._stored_reply(request_id, look_on_disk=on_disk)
         if stored is not None:
-            self.counters["duplicates"] += running is None
+            self.counters["duplicates"] += not running
             logger.info("request %s was answered before; sending the stored reply", request_id)
             await self._send_stored(delivery, request_id, stored)
             return
-        if running is not None:
+        if running:
             await _settle_quietly(delivery.reject(requeue=True))
             return
-        done = self._inflight[request_id] = anyio.Event()
+        # The event a duplicate waits on is made only when a duplicate comes.
+        self._inflight[request_id] = None
         try:
             reply = await self._answer(envelope, request_id, delivery.type)
-            reply = reply.model_copy(update={"received_at": received_at, "replied_at": utc_now()})
+            # Each handler builds a fresh reply: stamping it in place spares a copy.
+            reply.received_at = received_at
+            reply.replied_at = utc_now()
             await self._reply(delivery, envelope, request_id, reply)
         finally:
-            del self._inflight[request_id]
-            done.set()
+            finished = self._inflight.pop(request_id)
+            if finished is not None:
+                finished.set()
 
     async def _answer(self, envelope: Envelope, request_id: str, amqp_type: str | None) -> Any:
         header = envelope.header
@@ -254,14 +295,14 @@ class NodeAgent:
         except DecodeError as exc:
             code = next(code for cls, code in _DECODE_CODES if isinstance(exc, cls))
             return self._error(request_id, None, code, str(exc))
-        researcher_id = getattr(message, "researcher_id", None)
+        researcher_id = field_value(message, "researcher_id")
         handler = self.handlers.get(message.type)
         if handler is None or type(message) not in REPLY_TYPES:
             return self._error(
                 request_id, researcher_id, ErrorCode.UNKNOWN_MESSAGE_TYPE,
                 f"this node does not handle {message.type!r} messages",
             )  # fmt: skip
-        if getattr(message, "request_id", None) != header.request_id:
+        if field_value(message, "request_id") != header.request_id:
             return self._error(
                 request_id, researcher_id, ErrorCode.INVALID_MESSAGE,
                 "the envelope and the message disagree on the request id",

@@ -43,6 +43,7 @@ from broker_net.messages import (
     Heartbeat,
     PingRequest,
     RequestMessage,
+    field_value,
     new_id,
     utc_now,
 )
@@ -165,10 +166,17 @@ class FederatedRequest:
             chosen = dict.fromkeys(targets, messages)
         if len(set(targets)) != len(targets):
             raise ValueError("a node is named twice")
-        return {
-            node: message.model_copy(update={"request_id": self.request_id})
-            for node, message in chosen.items()
-        }
+        # One copy per distinct message, so a broadcast is encoded once for every node.
+        copies: dict[int, RequestMessage] = {}
+        per_node: dict[str, RequestMessage] = {}
+        for node, message in chosen.items():
+            copy = copies.get(id(message))
+            if copy is None:
+                copy = copies[id(message)] = message.model_copy(
+                    update={"request_id": self.request_id}
+                )
+            per_node[node] = copy
+        return per_node
 
     # --- results -------------------------------------------------------------------------------
 
@@ -273,23 +281,45 @@ class FederatedRequest:
             entry.sent_at = now - max((now_wall - sent_wall).total_seconds(), 0.0)
         to_send = {n: m for n, m in self._messages.items() if n not in self._already_sent}
         shared = _shared_body(to_send)
-        if len(to_send) == 1:
-            await self._send_one(*next(iter(to_send.items())), shared)
-        else:
+        outgoing = {
+            node: self._outgoing(node, message, shared) for node, message in to_send.items()
+        }
+        limits = {node: self._send_limit(self._nodes[node]) for node in outgoing}
+        transport = self._requests.transport
+        if len(outgoing) > 1 and min(limits.values()) >= transport.publish_timeout:
+            # Every confirm is awaited at once; the transport gives up on an unconfirmed
+            # publish before any policy would.
+            errors = await transport.publish_many(
+                self._requests.topology.requests_exchange.name,
+                list(outgoing.items()),
+                mandatory=True,
+            )
+            for node, error in zip(outgoing, errors, strict=True):
+                if error is not None:
+                    self._send_failed(self._nodes[node], error)
+        elif len(outgoing) == 1:
+            node, message = next(iter(outgoing.items()))
+            await self._publish(node, message, limits[node])
+        elif outgoing:
             async with anyio.create_task_group() as group:
-                for node, message in to_send.items():
-                    group.start_soon(self._send_one, node, message, shared)
-        for node, message, arrived in self._requests._take_parked(self.request_id):
-            self._on_reply(node, message, arrived)
+                for node, message in outgoing.items():
+                    group.start_soon(self._publish, node, message, limits[node])
+        for node, parked, arrived in self._requests._take_parked(self.request_id):
+            self._on_reply(node, parked, arrived)
 
-    async def _send_one(self, node: str, message: RequestMessage, shared: Any) -> None:
+    def _outgoing(self, node: str, message: RequestMessage, shared: Any) -> OutgoingMessage:
+        """The envelope for ``node``; its send time starts now."""
         requests = self._requests
         header = EnvelopeHeader.for_message(
             message, sender_id=requests.researcher_id, sender_role="researcher", recipient=node
         )
         body = shared if shared is not None else encode_parts(message)
-        outgoing = OutgoingMessage(
-            body=tuple(seal_parts(header, body, authenticator=requests.authenticator_for(node))),
+        parts = seal_parts(header, body, authenticator=requests.authenticator_for(node))
+        entry = self._nodes[node]
+        entry.sent_wall = utc_now()
+        entry.sent_at = time.monotonic()
+        return OutgoingMessage(
+            body=b"".join(parts) if len(parts) <= 2 else tuple(parts),
             message_id=header.message_id,
             type=message.type,
             correlation_id=self.request_id,
@@ -297,25 +327,34 @@ class FederatedRequest:
             headers=amqp_headers(header, message),
             expiration=self._expiration,
         )
+
+    async def _publish(self, node: str, outgoing: OutgoingMessage, limit: float) -> None:
+        """Publish to one node; its status says what went wrong, if anything did."""
+        transport = self._requests.transport
+        exchange = self._requests.topology.requests_exchange.name
         entry = self._nodes[node]
-        entry.sent_wall = utc_now()
-        entry.sent_at = time.monotonic()
-        limit = self._send_limit(entry)
         try:
+            if limit >= transport.publish_timeout:
+                # The transport gives up on an unconfirmed publish before any policy would.
+                await transport.publish(exchange, node, outgoing, mandatory=True)
+                return
             with anyio.move_on_after(limit) as sending:
-                await requests.transport.publish(
-                    requests.topology.requests_exchange.name, node, outgoing, mandatory=True
-                )
-        except UnroutableError:
-            self._finish_node(entry, RequestStatus.DISCONNECTED, "the node has no request queue")
+                await transport.publish(exchange, node, outgoing, mandatory=True)
         except TransportError as exc:
-            self._finish_node(entry, RequestStatus.ERROR, f"could not send: {exc}")
+            self._send_failed(entry, exc)
+            return
         if sending.cancelled_caught:
             self._finish_node(
                 entry, RequestStatus.TIMEOUT,
                 f"the broker did not confirm the request within {limit:.3g} s (a RabbitMQ "
                 "cluster with a majority of its nodes down accepts no message)",
             )  # fmt: skip
+
+    def _send_failed(self, entry: _NodeRequest, error: TransportError) -> None:
+        if isinstance(error, UnroutableError):
+            self._finish_node(entry, RequestStatus.DISCONNECTED, "the node has no request queue")
+        else:
+            self._finish_node(entry, RequestStatus.ERROR, f"could not send: {error}")
 
     def _send_limit(self, entry: _NodeRequest) -> float:
         """Seconds the publish to ``entry``'s node may take: until its earliest policy
@@ -693,11 +732,12 @@ class Requests:
             logger.warning("dropping an unreadable reply: %s", exc)
             return
         node = envelope.header.sender_id
-        if getattr(message, "node_id", node) != node:
+        fields = vars(message)
+        if "node_id" in fields and fields["node_id"] != node:
             logger.warning("dropping a reply whose sender %s claims to be node %s", node,
-                           getattr(message, "node_id", None))  # fmt: skip
+                           fields["node_id"])  # fmt: skip
             return
-        request_id = getattr(message, "request_id", None) or envelope.header.request_id
+        request_id = field_value(message, "request_id") or envelope.header.request_id
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
             fed._on_reply(node, message)

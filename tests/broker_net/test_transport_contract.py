@@ -328,6 +328,22 @@ async def test_mandatory_publish_to_unbound_key_is_unroutable(
         await delivery.ack()
 
 
+async def test_publish_many_reports_each_outcome(transport: Transport, topology: Topology) -> None:
+    await _declare_node(transport, topology)
+    exchange = topology.requests_exchange.name
+    errors = await transport.publish_many(
+        exchange,
+        [(NODE, _message("m1")), ("no-such-node", _message("m2")), (NODE, _message("m3"))],
+        mandatory=True,
+    )
+    # one unroutable message fails alone; the others are confirmed and delivered in order
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], UnroutableError)
+    assert errors[1].routing_key == "no-such-node"
+    assert await _drain(transport, topology.node_queue(NODE)) == ["m1", "m3"]
+    assert await transport.publish_many(exchange, []) == []
+
+
 async def test_publish_to_missing_exchange_fails(transport: Transport, topology: Topology) -> None:
     with pytest.raises(PublishError):
         await transport.publish(f"{topology.namespace}.missing", NODE, _message("m1"))

@@ -92,6 +92,35 @@ async def test_heavy_work_does_not_block_pings(
             assert fed.status() == {"n1": RequestStatus.SUCCESS}
 
 
+async def test_requests_in_flight_run_at_once_on_as_many_workers(
+    memory_broker: MemoryBroker, researcher: Requests, tmp_path: Path
+) -> None:
+    delay = {"seconds": 0.5}
+
+    async def slow_ping(request: PingRequest, context: NodeContext) -> Any:
+        await anyio.sleep(delay["seconds"])
+        return await HANDLERS["ping_request"](request, context)
+
+    settings = NodeSettings(node_id="n1", data_dir=tmp_path, namespace="agent", security=False)
+    async with (
+        MemoryTransport(memory_broker) as transport,
+        NodeAgent(settings, transport, handlers=dict(HANDLERS, ping_request=slow_ping)) as agent,
+    ):
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(researcher.ping, ["n1"], 5)
+        # four half-second requests together, not one after the other
+        assert time.monotonic() - started < 1.5
+        workers = agent._idle_workers
+        assert 1 <= workers <= 4  # every worker is idle again, and none was started in vain
+        delay["seconds"] = 0
+        for _ in range(20):
+            ping = await researcher.ping(["n1"], timeout=2)
+            assert ping.status() == {"n1": RequestStatus.SUCCESS}
+        assert agent._idle_workers == workers  # sequential requests reuse the idle workers
+
+
 async def test_a_handler_exception_becomes_an_error_without_traceback(
     memory_broker: MemoryBroker, researcher: Requests, tmp_path: Path
 ) -> None:

@@ -174,4 +174,3 @@ async def test_a_message_for_another_node_is_refused(client: Client, alice: Secu
     code = await _refused(client, alice, body, message.request_id)
     assert code in {ErrorCode.REPLAYED_MESSAGE, ErrorCode.BAD_SIGNATURE, ErrorCode.SECURITY_ERROR}
     await _still_answers(client, alice)
-
