@@ -22,13 +22,21 @@ class Row(TypedDict):
     """The highest acceptable ratio, or ``None`` for figures only reported."""
 
 
-def row(name: str, ours: float, baseline: float, unit: str, target: float | None) -> Row:
-    """Build a :class:`Row`, computing the ratio."""
+def row(
+    name: str,
+    ours: float,
+    baseline: float,
+    unit: str,
+    target: float | None,
+    ratio: float | None = None,
+) -> Row:
+    """Build a :class:`Row`; the ratio is ``ours / baseline`` unless given (e.g. the median
+    of ratios measured turn by turn)."""
     return Row(
         name=name,
         ours=ours,
         baseline=baseline,
-        ratio=ours / baseline,
+        ratio=ours / baseline if ratio is None else ratio,
         unit=unit,
         target=target,
     )

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,11 +46,12 @@ from bench import Row, row
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024**2
 TARGET_ROUND_TRIP = 1.3
-TARGET_FANOUT_100 = 1.5
+TARGET_FANOUT = 1.5
+"""Fan-out and collection to 1, 10 and 100 nodes, at p50."""
 TARGET_GB_TIME = 1 / 0.7
 RSS_BUDGET = 2.5 * 1024**3
 ROUNDS = 2
-"""Turns each kind takes at every figure (but 1 GB); the best of them is kept."""
+"""Turns each kind takes at every payload size (but 1 GB); the best of them is kept."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Settings:
     fanout: tuple[int, ...]
     pings: int
     fanout_repeat: int
+    turns: int
 
     @classmethod
     def from_env(cls, quick: bool = False) -> Settings:
@@ -76,8 +78,9 @@ class Settings:
             ),
             payload_mb=_ints(os.environ.get("BENCH_PAYLOAD_MB", payloads)),
             fanout=_ints(os.environ.get("BENCH_FANOUT", fanout)),
-            pings=200 if quick else 500,
-            fanout_repeat=5 if quick else 10,
+            pings=200 if quick else 300,
+            fanout_repeat=10 if quick else 15,
+            turns=3 if quick else 5,
         )
 
 
@@ -144,8 +147,9 @@ def _researcher(kind: str, url: str, namespace: str, scenario: str, *extra: str)
 
 def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
     """Round trip and fan-out. Both kinds of nodes stay up while the researchers take turns,
-    ``ROUNDS`` times each; each figure is the best of its rounds, the one least disturbed by
-    whatever else the machine runs."""
+    raw and ours back to back, ``settings.turns`` times (the order flips every turn). Each
+    turn gives a ratio of two runs a few seconds apart; the figure is the median of those
+    ratios, so a minute in which the shared machine is busier weighs on both sides alike."""
     most = max(settings.fanout, default=1)
     # The round trip goes to a process serving one node, the fan-out to one serving them all.
     namespaces = {
@@ -157,42 +161,44 @@ def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
         Nodes(kind, url, namespace, count, folder / namespace)
         for (kind, count), namespace in namespaces.items()
     ]
-    best: dict[tuple[str, str], dict[str, float]] = {}
+    turns: dict[tuple[str, str], list[dict[str, float]]] = {}
 
-    def keep(kind: str, scenario: str, result: dict[str, Any]) -> None:
-        known = best.setdefault((kind, scenario), {"p50": math.inf, "p99": math.inf})
-        known["p50"] = min(known["p50"], result["p50"])
-        known["p99"] = min(known["p99"], result["p99"])
+    def scenario(kind: str, name: str) -> dict[str, Any]:
+        if name == "ping":
+            pings = ["--repeat", str(settings.pings), "--warmup", "50"]
+            return _researcher(kind, url, namespaces[kind, 1], "ping", *pings)
+        count = int(name.removeprefix("fanout"))
+        return _researcher(
+            kind, url, namespaces[kind, most], name, "--count", str(count),
+            "--repeat", str(settings.fanout_repeat), "--warmup", "2",
+        )  # fmt: skip
 
     try:
-        for _ in range(ROUNDS):
-            for kind in ("raw", "ours"):
-                pings = ["--repeat", str(settings.pings), "--warmup", "50"]
-                single = namespaces[kind, 1]
-                keep(kind, "ping", _researcher(kind, url, single, "ping", *pings))
-                for count in settings.fanout:
-                    result = _researcher(
-                        kind, url, namespaces[kind, most], f"fanout{count}",
-                        "--count", str(count), "--repeat", str(settings.fanout_repeat),
-                        "--warmup", "2",
-                    )  # fmt: skip
-                    keep(kind, f"fanout{count}", result)
+        for turn in range(settings.turns):
+            for name in ["ping", *(f"fanout{count}" for count in settings.fanout)]:
+                order = ("raw", "ours") if turn % 2 == 0 else ("ours", "raw")
+                for kind in order:
+                    turns.setdefault((kind, name), []).append(scenario(kind, name))
     finally:
         for running in nodes:
             running.stop()
-    ms = 1000
-    ours, raw = best["ours", "ping"], best["raw", "ping"]
+
+    def figure(label: str, name: str, key: str, target: float | None) -> Row:
+        ours = [result[key] * 1000 for result in turns["ours", name]]
+        raw = [result[key] * 1000 for result in turns["raw", name]]
+        ratios = [mine / theirs for mine, theirs in zip(ours, raw, strict=True)]
+        return row(
+            label, statistics.median(ours), statistics.median(raw), "ms", target,
+            ratio=statistics.median(ratios),
+        )  # fmt: skip
+
     rows = [
-        row("round trip p50, 1 node", ours["p50"] * ms, raw["p50"] * ms, "ms", TARGET_ROUND_TRIP),
-        row("round trip p99, 1 node", ours["p99"] * ms, raw["p99"] * ms, "ms", None),
+        figure("round trip p50, 1 node", "ping", "p50", TARGET_ROUND_TRIP),
+        figure("round trip p99, 1 node", "ping", "p99", None),
     ]
     for count in settings.fanout:
-        ours, raw = best["ours", f"fanout{count}"], best["raw", f"fanout{count}"]
-        target = TARGET_FANOUT_100 if count == 100 else None
-        rows.append(
-            row(f"fan-out and collect, {count} nodes", ours["p50"] * ms, raw["p50"] * ms, "ms",
-                target)
-        )  # fmt: skip
+        target = TARGET_FANOUT if count <= 100 else None
+        rows.append(figure(f"fan-out and collect, {count} nodes", f"fanout{count}", "p50", target))
     return rows
 
 

@@ -13,7 +13,7 @@ import hashlib
 import os
 import struct
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import msgpack
@@ -53,7 +53,22 @@ class EnvelopeHeader:
 
     def as_dict(self) -> dict[str, Any]:
         """The header's fields, as they are packed on the wire."""
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        return {
+            "message_id": self.message_id,
+            "sender_id": self.sender_id,
+            "sender_role": self.sender_role,
+            "recipient": self.recipient,
+            "message_type": self.message_type,
+            "request_id": self.request_id,
+            "experiment_id": self.experiment_id,
+            "created_at": self.created_at,
+            "nonce": self.nonce,
+            "auth_alg": self.auth_alg,
+            "key_id": self.key_id,
+            "body_digest": self.body_digest,
+            "transfer": self.transfer,
+            "version": self.version,
+        }
 
     @classmethod
     def for_message(
@@ -73,9 +88,6 @@ class EnvelopeHeader:
             created_at=time.time(),
             nonce=random[16:],
         )
-
-
-_FIELD_NAMES = tuple(f.name for f in fields(EnvelopeHeader))
 
 
 class Authenticator(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from dataclasses import asdict, replace
@@ -386,4 +387,13 @@ def test_amqp_headers_of_a_train_reply_carry_its_round() -> None:
 def test_header_as_dict_is_the_wire_map() -> None:
     header = _header()
     assert header.as_dict() == msgpack.unpackb(seal(header, PingRequest(researcher_id="a")))[0]
+    assert EnvelopeHeader(**header.as_dict()) == header
+
+
+def test_the_header_on_the_wire_has_every_field() -> None:
+    header = EnvelopeHeader(
+        message_id="msg_1", sender_id="alice", sender_role="researcher", recipient="n1",
+        message_type="ping_request",
+    )  # fmt: skip
+    assert list(header.as_dict()) == [field.name for field in dataclasses.fields(EnvelopeHeader)]
     assert EnvelopeHeader(**header.as_dict()) == header
