@@ -5,6 +5,8 @@ Figures, each ours (Requests and NodeAgent) against the raw baseline of
 
 - round trip p50 and p99: sequential pings to one node;
 - fan-out and collection: one ping to 1, 10, 100 and 250 nodes at once, median time;
+  both taken in alternating turns (raw, ours; then ours, raw; ...), each row's ratio being the
+  median of the turns' ratios;
 - payloads: float32 parameters of 1 MB, 10 MB, 100 MB and 1 GB in a TrainRequest echoed back by
   the node, in MB/s of parameters moved (out and back);
 - peak resident memory of the researcher and of the node for 100 MB and 1 GB, each side in a
