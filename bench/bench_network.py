@@ -257,29 +257,24 @@ def _security_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
         from broker_net.introductions import introduce
     except ImportError:
         return [row("round trip p50, security on (not available)", 1.0, 1.0, "ms", None)]
-    namespace = f"sec{uuid.uuid4().hex[:6]}"
-    researcher_dir = folder / namespace / "alice"
-    introduce("alice", researcher_dir, {"node-000": folder / namespace / "node-000"})
     pings = ["--repeat", str(settings.pings), "--warmup", "50"]
-    nodes = Nodes("ours", url, namespace, 1, folder / namespace, "--security")
-    try:
-        signed = _researcher(
-            "ours", url, namespace, "ping", *pings, "--security-dir", str(researcher_dir)
-        )
-    finally:
-        nodes.stop()
-    namespace = f"plain{uuid.uuid4().hex[:6]}"
-    nodes = Nodes("ours", url, namespace, 1, folder / namespace)
-    try:
-        plain = _researcher("ours", url, namespace, "ping", *pings)
-    finally:
-        nodes.stop()
-    namespace = f"raw{uuid.uuid4().hex[:6]}"
-    nodes = Nodes("raw", url, namespace, 1, folder / namespace)
-    try:
-        raw = _researcher("raw", url, namespace, "ping", *pings)
-    finally:
-        nodes.stop()
+
+    def round_trip(kind: str, prefix: str, *, security: bool = False) -> dict[str, Any]:
+        namespace = f"{prefix}{uuid.uuid4().hex[:6]}"
+        node_args, researcher_args = [], []
+        if security:
+            researcher_dir = folder / namespace / "alice"
+            introduce("alice", researcher_dir, {"node-000": folder / namespace / "node-000"})
+            node_args, researcher_args = ["--security"], ["--security-dir", str(researcher_dir)]
+        nodes = Nodes(kind, url, namespace, 1, folder / namespace, *node_args)
+        try:
+            return _researcher(kind, url, namespace, "ping", *pings, *researcher_args)
+        finally:
+            nodes.stop()
+
+    signed = round_trip("ours", "sec", security=True)
+    plain = round_trip("ours", "plain")
+    raw = round_trip("raw", "raw")
     ms = 1000
     return [
         row("round trip p50, security on vs raw", signed["p50"] * ms, raw["p50"] * ms, "ms", None),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +78,18 @@ def _is_flat(mapping: dict[Any, Any]) -> bool:
     return True
 
 
+def _pack_flat(pack: Callable[[Any], bytes], mapping: dict[str, Any]) -> bytes:
+    """Pack a map :func:`_is_flat` accepted, with msgpack's errors as :class:`CodecError`."""
+    try:
+        return pack(mapping)
+    except (OverflowError, ValueError) as exc:
+        raise CodecError(f"cannot encode a map: {exc}") from exc
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, datetime=True)  # type: ignore[no-any-return]
+
+
 class _Encoder:
     """Walks a value, packing plain parts with msgpack and arrays as zero-copy extension parts."""
 
@@ -104,10 +116,7 @@ class _Encoder:
             return
         if kind is dict and _is_flat(value):
             # A map of plain values (a ping, a status reply) is packed in one call.
-            try:
-                self._pending += self._packer.pack(value)
-            except (OverflowError, ValueError) as exc:
-                raise CodecError(f"cannot encode a map: {exc}") from exc
+            self._pending += _pack_flat(self._packer.pack, value)
             return
         if kind is dict or isinstance(value, Mapping):
             self._pending += self._packer.pack_map_header(len(value))
@@ -158,11 +167,9 @@ def encode_parts(value: Any) -> Parts:
     if isinstance(value, BaseModel):
         value = value.model_dump()
     if type(value) is dict and _is_flat(value):
-        # Most messages (pings, status, errors) hold plain values only: one msgpack call.
-        try:
-            return [msgpack.packb(value, use_bin_type=True, datetime=True)]
-        except (OverflowError, ValueError) as exc:
-            raise CodecError(f"cannot encode a map: {exc}") from exc
+        # Most messages (pings, status, errors) hold plain values only: one msgpack call,
+        # without setting up an encoder.
+        return [_pack_flat(_packb, value)]
     encoder = _Encoder()
     try:
         encoder.add(value)
