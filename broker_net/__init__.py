@@ -23,7 +23,6 @@ from broker_net.envelope import (
     Envelope,
     EnvelopeHeader,
     Role,
-    amqp_headers,
     seal,
     seal_parts,
     unseal,
@@ -42,6 +41,7 @@ from broker_net.errors import (
     TransportError,
     UnroutableError,
 )
+from broker_net.frames import amqp_headers
 from broker_net.management import ManagementClient
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import (

@@ -20,7 +20,7 @@ import msgpack
 
 from broker_net.codec import Parts, encode_parts
 from broker_net.errors import EnvelopeError, MessageTooLargeError
-from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, field_value
+from broker_net.messages import AnyMessage, field_value
 
 Role = Literal["researcher", "node"]
 ENVELOPE_VERSION = 1
@@ -230,26 +230,3 @@ def _check_header(header: EnvelopeHeader) -> None:
         raise EnvelopeError("envelope header field 'nonce' must be bytes")
     if header.version != ENVELOPE_VERSION:
         raise EnvelopeError(f"unsupported envelope version {header.version!r}")
-
-
-def amqp_headers(header: EnvelopeHeader, message: AnyMessage | None = None) -> dict[str, Any]:
-    """The AMQP headers a person sees in the RabbitMQ management UI for this envelope."""
-    headers: dict[str, Any] = {
-        "message-type": header.message_type,
-        "sender": header.sender_id,
-        "sender-role": header.sender_role,
-        "recipient": header.recipient,
-    }
-    if header.request_id:
-        headers["request-id"] = header.request_id
-    if header.experiment_id:
-        headers["experiment-id"] = header.experiment_id
-    if message is not None:
-        round_ = field_value(message, "round")
-        if isinstance(round_, int):
-            headers["round"] = round_
-        if isinstance(message, ErrorMessage):
-            headers["error-code"] = message.code.name
-        if isinstance(message, Heartbeat):
-            headers["node"] = message.node_id
-    return headers

@@ -27,17 +27,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from broker_net.authentication import Security
-from broker_net.chunking import TransferFailure, TransferProgress, failure
-from broker_net.codec import decode_message, encode_parts
+from broker_net.chunking import TransferProgress
+from broker_net.codec import encode_parts
 from broker_net.envelope import (
     Authenticator,
-    Envelope,
     EnvelopeHeader,
-    amqp_headers,
-    seal_parts,
-    unseal,
 )
-from broker_net.errors import DecodeError, SecurityError, TransportError, UnroutableError
+from broker_net.errors import TransportError, UnroutableError
+from broker_net.frames import FrameRefused, frame, open_frame, read_message
 from broker_net.messages import (
     ErrorCode,
     ErrorMessage,
@@ -314,20 +311,14 @@ class FederatedRequest:
         header = EnvelopeHeader.for_message(
             message, sender_id=requests.researcher_id, sender_role="researcher", recipient=node
         )
-        body = shared if shared is not None else encode_parts(message)
-        parts = seal_parts(header, body, authenticator=requests.authenticator_for(node))
+        outgoing = frame(
+            header, message, authenticator=requests.authenticator_for(node), encoded=shared,
+            reply_to=requests.reply_queue, expiration=self._expiration,
+        )  # fmt: skip
         entry = self._nodes[node]
         entry.sent_wall = utc_now()
         entry.sent_at = time.monotonic()
-        return OutgoingMessage(
-            body=b"".join(parts) if len(parts) <= 2 else tuple(parts),
-            message_id=header.message_id,
-            type=message.type,
-            correlation_id=self.request_id,
-            reply_to=requests.reply_queue,
-            headers=amqp_headers(header, message),
-            expiration=self._expiration,
-        )
+        return outgoing
 
     async def _publish(self, node: str, outgoing: OutgoingMessage, limit: float) -> None:
         """Publish to one node; its status says what went wrong, if anything did."""
@@ -680,11 +671,7 @@ class Requests:
         ) as deliveries:
             task_status.started()
             async for delivery in deliveries:
-                refused = failure(delivery)
-                if refused is None:
-                    self._dispatch_reply(delivery.body)
-                else:
-                    self._on_failed_transfer(delivery, refused)
+                self._dispatch_reply(delivery)
                 await delivery.ack()
 
     def _on_progress(self, progress: TransferProgress) -> None:
@@ -694,48 +681,44 @@ class Requests:
         if fed is not None and isinstance(node, str):
             fed._on_progress(node, time.monotonic())
 
-    def _on_failed_transfer(self, delivery: Delivery, refused: TransferFailure) -> None:
+    def _on_failed_transfer(self, delivery: Delivery, refused: FrameRefused) -> None:
         node = delivery.headers.get("sender")
         fed = self._pending.get(delivery.correlation_id or "")
         logger.warning(
             "dropping a reply to %s from node %s that could not be reassembled: %s %s",
-            delivery.correlation_id, node, refused.code, refused.reason,
+            delivery.correlation_id, node, refused.code.name, refused.reason,
         )  # fmt: skip
         if fed is not None and isinstance(node, str):
-            code = ErrorCode.__members__.get(refused.code, ErrorCode.TRANSFER_ERROR)
-            fed._on_failed_transfer(node, code, refused.reason)
+            fed._on_failed_transfer(node, refused.code, refused.reason)
 
     def authenticator_for(self, node: str) -> Authenticator | None:
         """How messages to ``node`` are authenticated (None with security off)."""
         return None if self.security is None else self.security.authenticator_for(node)
 
-    def _verified(self, body: bytes | bytearray | memoryview, what: str) -> Envelope | None:
-        """Unseal and authenticate an envelope; None (logged) when it must be dropped."""
+    def _open(self, delivery: Delivery, what: str) -> tuple[EnvelopeHeader, Any] | None:
+        """Open, authenticate and decode a delivery; None (logged) when it must be dropped."""
         try:
-            envelope = unseal(body)
-            if self.security is not None:
-                self.security.verify(envelope)
-        except (DecodeError, SecurityError) as exc:
-            logger.warning("dropping a %s: %s: %s", what, type(exc).__name__, exc)
+            incoming = open_frame(delivery, verifier=self.security)
+            return incoming.header, read_message(incoming)
+        except FrameRefused as refused:
+            if refused.stage == "transfer":
+                self._on_failed_transfer(delivery, refused)
+            else:
+                logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
             return None
-        return envelope
 
-    def _dispatch_reply(self, body: bytes | bytearray | memoryview) -> None:
-        envelope = self._verified(body, "reply")
-        if envelope is None:
+    def _dispatch_reply(self, delivery: Delivery) -> None:
+        opened = self._open(delivery, "reply")
+        if opened is None:
             return
-        try:
-            message = decode_message(envelope.body)
-        except DecodeError as exc:
-            logger.warning("dropping an unreadable reply: %s", exc)
-            return
-        node = envelope.header.sender_id
+        header, message = opened
+        node = header.sender_id
         fields = vars(message)
         if "node_id" in fields and fields["node_id"] != node:
             logger.warning("dropping a reply whose sender %s claims to be node %s", node,
                            fields["node_id"])  # fmt: skip
             return
-        request_id = field_value(message, "request_id") or envelope.header.request_id
+        request_id = field_value(message, "request_id") or header.request_id
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
             fed._on_reply(node, message)
@@ -755,17 +738,10 @@ class Requests:
         async with self.transport.consume(queue, prefetch=256) as deliveries:
             task_status.started()
             async for delivery in deliveries:
-                envelope = self._verified(delivery.body, "heartbeat")
-                try:
-                    beat = decode_message(envelope.body) if envelope is not None else None
-                except DecodeError as exc:
-                    logger.warning("dropping an unreadable heartbeat: %s", exc)
-                else:
-                    if (
-                        envelope is not None
-                        and isinstance(beat, Heartbeat)
-                        and beat.node_id == envelope.header.sender_id
-                    ):
+                opened = self._open(delivery, "heartbeat")
+                if opened is not None:
+                    header, beat = opened
+                    if isinstance(beat, Heartbeat) and beat.node_id == header.sender_id:
                         self.presence.update(
                             beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
                         )

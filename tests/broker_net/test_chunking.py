@@ -29,7 +29,8 @@ from broker_net.chunking import (
     publish_chunked,
 )
 from broker_net.codec import decode_message
-from broker_net.envelope import EnvelopeHeader, amqp_headers, seal, unseal
+from broker_net.envelope import EnvelopeHeader, seal, unseal
+from broker_net.frames import amqp_headers
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import (
     ErrorCode,

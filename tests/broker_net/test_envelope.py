@@ -18,12 +18,12 @@ from broker_net.codec import decode_message, encode, encode_parts
 from broker_net.envelope import (
     ENVELOPE_VERSION,
     EnvelopeHeader,
-    amqp_headers,
     seal,
     seal_parts,
     unseal,
 )
 from broker_net.errors import EnvelopeError, MessageTooLargeError
+from broker_net.frames import amqp_headers
 from broker_net.messages import (
     ErrorCode,
     ErrorMessage,

@@ -112,13 +112,13 @@ async def test_requests_in_flight_run_at_once_on_as_many_workers(
                 group.start_soon(researcher.ping, ["n1"], 5)
         # four half-second requests together, not one after the other
         assert time.monotonic() - started < 1.5
-        workers = agent._idle_workers
+        workers = agent.intake.idle_workers
         assert 1 <= workers <= 4  # every worker is idle again, and none was started in vain
         delay["seconds"] = 0
         for _ in range(20):
             ping = await researcher.ping(["n1"], timeout=2)
             assert ping.status() == {"n1": RequestStatus.SUCCESS}
-        assert agent._idle_workers == workers  # sequential requests reuse the idle workers
+        assert agent.intake.idle_workers == workers  # sequential requests reuse the idle workers
 
 
 async def test_a_handler_exception_becomes_an_error_without_traceback(

@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from broker_net.authentication import Security
-from broker_net.envelope import EnvelopeHeader, amqp_headers, seal
+from broker_net.envelope import EnvelopeHeader, seal
+from broker_net.frames import amqp_headers
 from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorCode, ErrorMessage, PingReply, PingRequest
