@@ -19,7 +19,6 @@ from anyio.abc import TaskGroup
 
 from broker_net.authentication import Security
 from broker_net.messages import Heartbeat
-from broker_net.topology import Topology
 from broker_net.transport import Transport
 from node_agent.context import NodeContext
 from node_agent.dispatch import Dispatcher
@@ -63,7 +62,7 @@ class NodeAgent:
         self.settings = settings
         self.security = security
         self.transport = transport
-        self.topology = Topology(settings.namespace, settings.queue_type)
+        self.topology = settings.topology
         self.handlers = dict(HANDLERS if handlers is None else handlers)
         self.shutdown_grace = shutdown_grace
         self.context: NodeContext | None = None

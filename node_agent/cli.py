@@ -13,7 +13,6 @@ import typer
 from broker_net.amqp import AmqpTransport
 from broker_net.cli_identity import identity_commands
 from broker_net.errors import TransportError
-from broker_net.logs import configure_logging
 from node_agent.agent import NodeAgent
 from node_agent.cli_dataset import dataset_app
 from node_agent.cli_plans import plans_app
@@ -75,7 +74,7 @@ def start(
     settings = load_settings(
         env_file, node_id=node_id, data_dir=data_dir, amqp_url=amqp_url, log_level=log_level
     )
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings.configure_logging()
     try:
         anyio.run(_serve, settings)
     except TransportError as exc:

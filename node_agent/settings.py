@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from broker_net.failover import broker_urls
-from broker_net.topology import DEFAULT_NAMESPACE, check_id
+from broker_net.settings import PartySettings
+from broker_net.topology import check_id
 
 
-class NodeSettings(BaseSettings):
+class NodeSettings(PartySettings):
     """Everything a node agent needs to know at start.
 
     Every field can be set from the environment, e.g. ``BROKER_NET_NODE_NODE_ID=hospital-a``,
@@ -27,13 +26,6 @@ class NodeSettings(BaseSettings):
         default=Path("./node-data"),
         description="Folder for the dataset registry, training plans, state and keys.",
     )
-    amqp_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/",
-        description="RabbitMQ URL; for a cluster, its nodes' URLs separated by commas (after "
-        "the first, host:port is enough), tried in turn when a node is lost.",
-    )
-    namespace: str = Field(default=DEFAULT_NAMESPACE, description="Prefix of every name.")
-    queue_type: Literal["classic", "quorum"] = "classic"
     require_approval: bool = Field(
         default=True, description="Refuse training plans an operator has not approved."
     )
@@ -60,19 +52,11 @@ class NodeSettings(BaseSettings):
     message_window: float = Field(
         default=300.0, gt=0, description="Seconds a message's timestamp may be off."
     )
-    log_level: str = Field(default="WARNING", description="Logging level.")
-    log_json: bool = Field(default=False, description="Write logs as JSON lines.")
 
     @field_validator("node_id")
     @classmethod
     def _check_node_id(cls, value: str) -> str:
         return check_id("node id", value)
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _check_amqp_url(cls, value: str) -> str:
-        broker_urls(value)
-        return value
 
     @property
     def identity_dir(self) -> Path:

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import TransportError
-from broker_net.logs import configure_logging
 from researcher.cli_jobs import job_app, output_app
 from researcher.cli_security import identity_app, provision_command, trust_app
 from researcher.requests import Requests
@@ -31,7 +30,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def _settings() -> ResearcherSettings:
     settings = ResearcherSettings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings.configure_logging()
     return settings
 
 

@@ -20,7 +20,6 @@ from rich.table import Table
 
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import BrokerNetError
-from broker_net.logs import configure_logging
 from researcher import outputs
 from researcher.lifecycle import State
 from researcher.requests import Requests
@@ -49,7 +48,7 @@ TaskOption = Annotated[str | None, typer.Option("--task", help="Only this task."
 
 def _settings() -> ResearcherSettings:
     settings = ResearcherSettings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings.configure_logging()
     return settings
 
 
