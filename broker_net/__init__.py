@@ -3,7 +3,7 @@
 Everything public is importable from here: ``from broker_net import TrainRequest, encode``.
 """
 
-from broker_net.amqp import AmqpTransport
+from broker_net.amqp.transport import AmqpTransport
 from broker_net.chunking import Chunking, TransferProgress
 from broker_net.codec import (
     CONTENT_TYPE,
@@ -17,6 +17,7 @@ from broker_net.codec import (
     encode_parts,
     to_message,
 )
+from broker_net.codes import ErrorArea, ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.envelope import (
     ENVELOPE_VERSION,
     Authenticator,
@@ -51,8 +52,6 @@ from broker_net.messages import (
     ApprovalReply,
     ApprovalRequest,
     DatasetInfo,
-    ErrorArea,
-    ErrorCode,
     ErrorMessage,
     FAReply,
     FARequest,
@@ -63,14 +62,11 @@ from broker_net.messages import (
     PingRequest,
     PreprocReply,
     PreprocRequest,
-    PreprocStep,
-    PreprocType,
     ReplyMessage,
     RequestMessage,
     SecaggReply,
     SecaggRequest,
     SecaggStep,
-    TrainingPlanStatus,
     TrainingPlanStatusReply,
     TrainingPlanStatusRequest,
     TrainReply,

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker_net.codec import decode, encode
+from broker_net.codes import ErrorCode
 from broker_net.errors import DecodeError, SecurityError
-from broker_net.messages import ErrorCode
 from broker_net.security import Identity, PublicIdentity
 
 _VERSION = 1

@@ -24,6 +24,7 @@ from broker_net.codec import (
     decode_message,
     encode_parts,
 )
+from broker_net.codes import ErrorCode
 from broker_net.envelope import Authenticator, Envelope, EnvelopeHeader, seal_parts, unseal
 from broker_net.errors import (
     BrokerNetError,
@@ -32,7 +33,7 @@ from broker_net.errors import (
     ProtocolVersionError,
     SecurityError,
 )
-from broker_net.messages import AnyMessage, ErrorCode, ErrorMessage, Heartbeat, field_value
+from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, field_value
 from broker_net.security import MisdirectedMessageError, ReplayedMessageError
 from broker_net.transport import Body, Delivery, OutgoingMessage
 

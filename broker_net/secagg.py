@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from broker_net.codes import ErrorCode
 from broker_net.encryption import EncryptionContext
 from broker_net.errors import SecurityError
 from broker_net.masking import SHARE_SIZE, pair_mask_key
-from broker_net.messages import ErrorCode
 from broker_net.security import PublicIdentity
 
 _LABEL = b"broker-net/secagg/v1/"

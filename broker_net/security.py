@@ -25,9 +25,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from broker_net.codes import ErrorCode
 from broker_net.envelope import Role
 from broker_net.errors import SecurityError
-from broker_net.messages import ErrorCode
 
 _IDENTITY_LABEL = b"broker-net/identity/v1\x00"
 _KEY_FILE, _PUBLIC_FILE = "identity.key", "identity.pub"

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from broker_net.failover import broker_urls
+from broker_net.amqp.failover import broker_urls
 from broker_net.logs import configure_logging
 from broker_net.topology import DEFAULT_NAMESPACE, Topology
 

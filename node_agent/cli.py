@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from broker_net.amqp import AmqpTransport
+from broker_net.amqp.transport import AmqpTransport
 from broker_net.cli_identity import identity_commands
 from broker_net.errors import TransportError
 from node_agent.agent import NodeAgent

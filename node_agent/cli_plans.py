@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table as RichTable
 
-from broker_net.messages import TrainingPlanStatus
+from broker_net.codes import TrainingPlanStatus
 from node_agent.cli_dataset import DEFAULT_DATA_DIR, DataDir
 from node_agent.plans import PlanNotFoundError, PlanRegistry
 

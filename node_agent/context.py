@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker_net.authentication import Security
-from broker_net.messages import ErrorCode
+from broker_net.codes import ErrorCode
 from broker_net.secagg_node import SecaggNode
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry

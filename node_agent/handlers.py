@@ -16,10 +16,10 @@ from typing import Any
 
 import anyio.to_thread
 
+from broker_net.codes import ErrorCode, TrainingPlanStatus
 from broker_net.messages import (
     ApprovalReply,
     ApprovalRequest,
-    ErrorCode,
     FAReply,
     FARequest,
     ListReply,
@@ -28,7 +28,6 @@ from broker_net.messages import (
     PingRequest,
     PreprocReply,
     PreprocRequest,
-    TrainingPlanStatus,
     TrainingPlanStatusReply,
     TrainingPlanStatusRequest,
     TrainReply,

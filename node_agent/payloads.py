@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from broker_net.codes import ErrorCode
 from broker_net.encryption import (
     AUX_VAR_PURPOSE,
     PARAMS_PURPOSE,
@@ -22,7 +23,7 @@ from broker_net.encryption import (
     encrypt_payload,
     is_encrypted_payload,
 )
-from broker_net.messages import ErrorCode, TrainRequest
+from broker_net.messages import TrainRequest
 from broker_net.security import Identity, PublicIdentity, UnknownKeyError
 from node_agent.context import HandlerError, NodeContext
 

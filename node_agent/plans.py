@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker_net.messages import TrainingPlanStatus
+from broker_net.codes import TrainingPlanStatus
 from broker_net.sqlite import SqliteStore
 
 _SCHEMA = """

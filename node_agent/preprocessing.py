@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from broker_net.messages import PreprocRequest, PreprocStep, PreprocType
+from broker_net.codes import PreprocStep, PreprocType
+from broker_net.messages import PreprocRequest
 from node_agent.datasets import DatasetEntry, DatasetRegistry, Table
 from node_agent.state import NodeStateStore
 

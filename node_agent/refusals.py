@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from broker_net.codes import ErrorCode
 from broker_net.errors import TransportError
 from broker_net.frames import FrameRefused
-from broker_net.messages import ErrorCode, utc_now
+from broker_net.messages import utc_now
 from broker_net.transport import Delivery
 from node_agent.replier import ReplySender, settle_quietly
 

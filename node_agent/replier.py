@@ -14,10 +14,11 @@ from typing import Any
 import anyio
 
 from broker_net.authentication import Security
+from broker_net.codes import ErrorCode
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.errors import CodecError, TransportError
 from broker_net.frames import IncomingFrame, frame, frame_sealed
-from broker_net.messages import ErrorCode, ErrorMessage
+from broker_net.messages import ErrorMessage
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from node_agent.replies import ReplyStore, StoredReply

@@ -22,9 +22,10 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
+from broker_net.codes import ErrorCode
 from broker_net.errors import SecurityError
 from broker_net.masking import MaskedVector
-from broker_net.messages import ErrorCode, FARequest, SecaggReply, SecaggRequest, TrainRequest
+from broker_net.messages import FARequest, SecaggReply, SecaggRequest, TrainRequest
 from broker_net.secagg import SecaggContext, SecaggKeys
 from broker_net.secagg_node import SecaggNode
 from broker_net.security import Identity

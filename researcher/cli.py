@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from broker_net.amqp import AmqpTransport
+from broker_net.amqp.transport import AmqpTransport
 from broker_net.errors import TransportError
 from researcher.cli_jobs import job_app, output_app
 from researcher.cli_security import identity_app, provision_command, trust_app

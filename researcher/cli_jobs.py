@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from broker_net.amqp import AmqpTransport
+from broker_net.amqp.transport import AmqpTransport
 from broker_net.errors import BrokerNetError
 from researcher import outputs
 from researcher.lifecycle import State

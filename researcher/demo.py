@@ -26,7 +26,7 @@ import anyio
 import typer
 from rich.console import Console
 
-from broker_net.amqp import AmqpTransport
+from broker_net.amqp.transport import AmqpTransport
 from broker_net.authentication import Security
 from broker_net.errors import BrokerNetError
 from broker_net.introductions import introduce

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker_net.messages import ListReply, ListRequest, PreprocStep, PreprocType
+from broker_net.codes import PreprocStep, PreprocType
+from broker_net.messages import ListReply, ListRequest
 from broker_net.sample_data import TARGET, breast_cancer
 from broker_net.training_plan import plan_source
 from researcher.demo_plan import BreastCancerPlan

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from broker_net.codes import PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.encryption import DecryptionError
 from broker_net.messages import (
     ApprovalReply,
@@ -24,9 +25,6 @@ from broker_net.messages import (
     FARequest,
     PreprocReply,
     PreprocRequest,
-    PreprocStep,
-    PreprocType,
-    TrainingPlanStatus,
     TrainingPlanStatusReply,
     TrainingPlanStatusRequest,
     TrainReply,

@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 from broker_net.authentication import Security
 from broker_net.chunking import TransferProgress
 from broker_net.codec import encode_parts
+from broker_net.codes import ErrorCode
 from broker_net.envelope import (
     Authenticator,
     EnvelopeHeader,
@@ -36,7 +37,6 @@ from broker_net.envelope import (
 from broker_net.errors import TransportError, UnroutableError
 from broker_net.frames import FrameRefused, frame, open_frame, read_message
 from broker_net.messages import (
-    ErrorCode,
     ErrorMessage,
     Heartbeat,
     PingRequest,

@@ -24,7 +24,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.messages import PreprocStep, TrainingPlanStatus
+from broker_net.codes import PreprocStep, TrainingPlanStatus
 from broker_net.training_plan import TrainingPlan
 from researcher.errors import RequestError
 from researcher.experiment import Experiment, RoundRecord

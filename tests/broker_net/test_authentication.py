@@ -21,9 +21,10 @@ from broker_net.authentication import (
     MacAuthenticator,
     Verifier,
 )
+from broker_net.codes import ErrorCode
 from broker_net.envelope import Authenticator, EnvelopeHeader, seal, seal_parts, unseal
 from broker_net.errors import EnvelopeError, SecurityError
-from broker_net.messages import ErrorCode, Heartbeat, PingRequest
+from broker_net.messages import Heartbeat, PingRequest
 from broker_net.security import (
     BadSignatureError,
     ExpiredMessageError,

@@ -29,17 +29,11 @@ from broker_net.chunking import (
     publish_chunked,
 )
 from broker_net.codec import decode_message
+from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.frames import amqp_headers
 from broker_net.memory import MemoryBroker, MemoryTransport
-from broker_net.messages import (
-    ErrorCode,
-    ErrorMessage,
-    PingReply,
-    PingRequest,
-    TrainReply,
-    TrainRequest,
-)
+from broker_net.messages import ErrorMessage, PingReply, PingRequest, TrainReply, TrainRequest
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from node_agent.agent import NodeAgent

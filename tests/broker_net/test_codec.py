@@ -21,10 +21,10 @@ from broker_net.codec import (
     encode_parts,
     to_message,
 )
+from broker_net.codes import ErrorCode
 from broker_net.errors import CodecError, DecodeError, MessageTooLargeError, ProtocolVersionError
 from broker_net.messages import (
     MESSAGE_TYPES,
-    ErrorCode,
     ErrorMessage,
     FAReply,
     PingRequest,

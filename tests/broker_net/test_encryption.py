@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker_net.codec import encode
+from broker_net.codes import ErrorCode
 from broker_net.encryption import (
     DecryptionError,
     EncryptionContext,
@@ -19,7 +20,6 @@ from broker_net.encryption import (
     encrypt_for,
 )
 from broker_net.errors import DecodeError
-from broker_net.messages import ErrorCode
 from broker_net.security import Identity
 
 NODE = Identity.generate("hospital-a", "node")

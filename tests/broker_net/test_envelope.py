@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker_net.codec import decode_message, encode, encode_parts
+from broker_net.codes import ErrorCode
 from broker_net.envelope import (
     ENVELOPE_VERSION,
     EnvelopeHeader,
@@ -24,14 +25,7 @@ from broker_net.envelope import (
 )
 from broker_net.errors import EnvelopeError, MessageTooLargeError
 from broker_net.frames import amqp_headers
-from broker_net.messages import (
-    ErrorCode,
-    ErrorMessage,
-    Heartbeat,
-    PingRequest,
-    TrainReply,
-    TrainRequest,
-)
+from broker_net.messages import ErrorMessage, Heartbeat, PingRequest, TrainReply, TrainRequest
 
 
 class _FixedSigner:

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from broker_net.amqp import AmqpTransport
+from broker_net.amqp.failover import broker_urls, redact
 from broker_net.errors import ConnectionLostError
-from broker_net.failover import broker_urls, redact
 from node_agent.settings import NodeSettings
 from researcher.settings import ResearcherSettings
 

@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from broker_net.codes import ErrorArea, ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.messages import (
     MESSAGE_TYPES,
     REPLY_TYPES,
     ApprovalReply,
     ApprovalRequest,
     DatasetInfo,
-    ErrorArea,
-    ErrorCode,
     ErrorMessage,
     FAReply,
     FARequest,
@@ -24,11 +23,8 @@ from broker_net.messages import (
     PingReply,
     PingRequest,
     PreprocRequest,
-    PreprocStep,
-    PreprocType,
     ReplyMessage,
     RequestMessage,
-    TrainingPlanStatus,
     TrainingPlanStatusReply,
     TrainReply,
     TrainRequest,

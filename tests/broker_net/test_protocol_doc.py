@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from broker_net.codec import encode
+from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal
-from broker_net.messages import MESSAGE_TYPES, DatasetInfo, ErrorCode, ListReply, PingRequest
+from broker_net.messages import MESSAGE_TYPES, DatasetInfo, ListReply, PingRequest
 from broker_net.topology import Topology
 
 DOC = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()

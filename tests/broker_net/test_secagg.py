@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker_net.codec import decode, encode
+from broker_net.codes import ErrorCode
 from broker_net.encryption import DecryptionError
 from broker_net.masking import (
     MaskedVector,
@@ -19,7 +20,6 @@ from broker_net.masking import (
     round_key,
     shamir_combine,
 )
-from broker_net.messages import ErrorCode
 from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys, pair_key
 from broker_net.secagg_aggregator import SecaggAggregator, SecaggResult
 from broker_net.secagg_node import SecaggNode

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker_net.messages import ErrorCode
+from broker_net.codes import ErrorCode
 from broker_net.security import (
     BadSignatureError,
     Identity,

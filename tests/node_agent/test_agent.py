@@ -12,9 +12,10 @@ import anyio
 import pytest
 
 from broker_net.codec import decode_message
+from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.memory import MemoryBroker, MemoryTransport
-from broker_net.messages import ErrorCode, ErrorMessage, FAReply, FARequest, PingRequest
+from broker_net.messages import ErrorMessage, FAReply, FARequest, PingRequest
 from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
 from node_agent.agent import NodeAgent

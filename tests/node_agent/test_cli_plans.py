@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker_net.messages import TrainingPlanStatus
+from broker_net.codes import TrainingPlanStatus
 from node_agent.cli_plans import plans_app
 from node_agent.plans import PlanRegistry
 

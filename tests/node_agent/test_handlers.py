@@ -10,17 +10,14 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from broker_net.codec import decode_message, encode
+from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.messages import (
     REPLY_TYPES,
     ApprovalRequest,
-    ErrorCode,
     FARequest,
     ListRequest,
     PingRequest,
     PreprocRequest,
-    PreprocStep,
-    PreprocType,
-    TrainingPlanStatus,
     TrainingPlanStatusRequest,
     TrainRequest,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_net.messages import TrainingPlanStatus
+from broker_net.codes import TrainingPlanStatus
 from node_agent.plans import (
     PlanInvalidError,
     PlanNotFoundError,

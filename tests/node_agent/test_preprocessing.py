@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker_net.messages import PreprocRequest, PreprocStep, PreprocType
+from broker_net.codes import PreprocStep, PreprocType
+from broker_net.messages import PreprocRequest
 from node_agent.datasets import DatasetRegistry
 from node_agent.preprocessing import PreprocessingError, load_training_table, run_preprocessing
 from node_agent.state import NodeStateStore, StateNotFoundError

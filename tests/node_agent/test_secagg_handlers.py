@@ -13,10 +13,10 @@ from sklearn.datasets import load_breast_cancer
 
 from broker_net.authentication import Security
 from broker_net.codec import decode_message, encode
+from broker_net.codes import ErrorCode
 from broker_net.encryption import DecryptionError
 from broker_net.masking import decode_fixed_point
 from broker_net.messages import (
-    ErrorCode,
     FARequest,
     SecaggReply,
     SecaggRequest,

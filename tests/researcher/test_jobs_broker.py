@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker_net.messages import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
+from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.training_plan import plan_source
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry

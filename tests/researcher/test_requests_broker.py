@@ -10,8 +10,9 @@ import anyio
 import pytest
 
 from broker_net.codec import decode_message
+from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
-from broker_net.messages import ErrorCode, ErrorMessage, PingRequest
+from broker_net.messages import ErrorMessage, PingRequest
 from broker_net.topology import Topology
 from researcher.policies import (
     DiscardOnTimeout,

@@ -12,9 +12,10 @@ import anyio
 import pytest
 
 from broker_net.authentication import Security
+from broker_net.codes import ErrorCode
 from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
-from broker_net.messages import ErrorCode, FARequest, PreprocRequest, TrainRequest
+from broker_net.messages import FARequest, PreprocRequest, TrainRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext

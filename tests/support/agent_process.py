@@ -15,8 +15,9 @@ from pathlib import Path
 import anyio
 
 from broker_net.amqp import AmqpTransport
+from broker_net.codes import ErrorCode
 from broker_net.logs import configure_logging
-from broker_net.messages import ErrorCode, PingReply, PingRequest
+from broker_net.messages import PingReply, PingRequest
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS
