@@ -139,6 +139,16 @@ class Topology:
             bindings=((self.replies_exchange.name, name),),
         )
 
+    def researcher_of(self, queue_name: str) -> str | None:
+        """The researcher whose reply queue is named ``queue_name``; ``None`` for any other."""
+        prefix, suffix = f"{self.namespace}.researcher.", ".replies"
+        if not (queue_name.startswith(prefix) and queue_name.endswith(suffix)):
+            return None
+        try:
+            return check_id("researcher id", queue_name[len(prefix) : -len(suffix)])
+        except ValueError:
+            return None
+
     def presence_queue(self, researcher_id: str) -> QueueSpec:
         """A transient queue through which researcher ``researcher_id`` sees heartbeats."""
         check_id("researcher id", researcher_id)

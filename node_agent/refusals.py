@@ -63,20 +63,34 @@ def missing_request_id() -> FrameRefused:
 async def _refuse_unreadable(
     replier: ReplySender, delivery: Delivery, refused: FrameRefused
 ) -> None:
-    """Answer bytes that are not an envelope, if the AMQP properties say where to."""
+    """Answer bytes that are not an envelope, if the AMQP properties say where to.
+
+    The answer goes to the researcher whose reply queue ``reply_to`` names, authenticated for
+    that researcher as any reply is, so it lands among the request's errors. With security on,
+    bytes whose ``reply_to`` names no researcher's reply queue are dead-lettered, as are bytes
+    without a correlation id: there is nobody to tell. With security off, the answer goes
+    wherever ``reply_to`` says, as every reply does.
+    """
     request_id = delivery.correlation_id
-    if delivery.reply_to and request_id:
-        error = replier.error(request_id, None, refused.code, refused.reason)
-        error = error.model_copy(update={"replied_at": utc_now()})
-        header = replier.header(error, request_id, recipient=delivery.reply_to)
-        try:
-            await replier.send_refusal(delivery.reply_to, header, error)
-        except TransportError as publish_error:
-            logger.warning("could not answer a malformed message: %s", publish_error)
-            return
-        await settle_quietly(delivery.ack())
-    else:
+    reply_to = delivery.reply_to
+    researcher = replier.topology.researcher_of(reply_to or "")
+    if researcher is not None:
+        reply_to = replier.topology.researcher_queue(researcher).name
+    elif replier.security is not None:
+        reply_to = None
+    if not reply_to or not request_id:
         logger.warning(
-            "dead-lettering an unreadable message without reply address: %s", refused.reason
+            "dead-lettering an unreadable message without a researcher to answer: %s",
+            refused.reason,
         )
         await settle_quietly(delivery.reject(requeue=False))
+        return
+    error = replier.error(request_id, researcher, refused.code, refused.reason)
+    error = error.model_copy(update={"replied_at": utc_now()})
+    header = replier.header(error, request_id, recipient=researcher or reply_to)
+    try:
+        await replier.send_refusal(reply_to, header, error)
+    except TransportError as publish_error:
+        logger.warning("could not answer an unreadable message: %s", publish_error)
+        return
+    await settle_quietly(delivery.ack())
