@@ -42,6 +42,23 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _OneLineBrokerClientErrors(logging.Filter):
+    """Folds the tracebacks aio-pika and aiormq attach to expected events (a broker closing a
+    connection, a channel lost while reconnecting) into one line: the error's type and text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".")[0] in _BROKER_CLIENTS:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_BROKER_CLIENTS = ("aio_pika", "aiormq")
+
+
 def configure_logging(level: str = "WARNING", *, json_lines: bool = False) -> None:
     """Send broker-net's logs to stderr at ``level`` (warnings only by default).
 
@@ -50,6 +67,7 @@ def configure_logging(level: str = "WARNING", *, json_lines: bool = False) -> No
         json_lines: write JSON lines instead of human-readable text.
     """
     handler: logging.Handler = _StderrHandler()
+    handler.addFilter(_OneLineBrokerClientErrors())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
@@ -58,5 +76,5 @@ def configure_logging(level: str = "WARNING", *, json_lines: bool = False) -> No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aio-pika and aiormq are chatty about reconnections; our own logs say what matters.
-    for noisy in ("aio_pika", "aiormq"):
+    for noisy in _BROKER_CLIENTS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
