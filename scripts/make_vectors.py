@@ -78,6 +78,7 @@ from node_agent.context import NodeContext
 from node_agent.datasets import Table
 from node_agent.dispatch import Dispatcher
 from node_agent.handlers import HANDLERS
+from node_agent.plans import compute_plan_id
 from node_agent.replier import ReplySender
 from node_agent.replies import ReplyStore
 
@@ -348,7 +349,7 @@ def request_id(number: int) -> str:
 EXPERIMENT = "experiment-1"
 DATASET = "dataset_" + hashlib.sha256(b"cohort").hexdigest()[:32]
 PLAN_SOURCE = "from broker_net.training_plan import LogisticRegressionPlan\n"
-PLAN_ID = hashlib.sha256(PLAN_SOURCE.strip().encode()).hexdigest()
+PLAN_ID = compute_plan_id(PLAN_SOURCE)
 RECEIVED, REPLIED = stamp(1700000000.125), stamp(1700000001.5)
 TABLE = Table(
     ["age", "bmi"],
