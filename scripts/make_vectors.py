@@ -1048,10 +1048,10 @@ def errors_file() -> dict[str, Any]:
     cases = [
         error_case(
             "unreadable bytes, node security on",
-            "Bytes that are not an envelope, with reply_to and correlation_id set. The node "
-            "answers to reply_to as given, with the queue name as the envelope's recipient, "
-            "signed with ed25519 because no trusted party has that name. A researcher with "
-            "security on refuses the answer as misdirected (REPLAYED_MESSAGE) and drops it.",
+            "Bytes that are not an envelope, with reply_to naming a researcher's reply queue "
+            "and correlation_id set. The node answers to that researcher's reply queue, with "
+            "the researcher's id as recipient and researcher_id, MACed for it like any reply, "
+            "so the researcher accepts it and matches it by request_id.",
             delivery(**unreadable),
             security=True,
         ),
