@@ -10,7 +10,7 @@ import pytest
 
 from node_agent.analytics import compute_statistics, plan_statistics
 from node_agent.datasets import Table
-from researcher.analytics import combine_statistics
+from researcher.jobs.statistics import combine_statistics
 
 COLUMNS = ["age", "dose", "score"]
 BINS = [-50.0, 0.0, 10.0, 20.0, 40.0, 60.0, 100.0]

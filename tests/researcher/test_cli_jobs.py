@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from researcher.cli_jobs import standalone_app
-from researcher.fedjob import JobResult
+from researcher.cli.jobs import standalone_app
+from researcher.orchestration.fedjob import JobResult
+from simulation.federation import simulate
 from tests.researcher.test_scheduler import analytics_job, training_job
 
 NODES = ["site-1", "site-2", "site-3"]
@@ -38,7 +39,7 @@ class Cli:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, JobResult]]:
     workspace = tmp_path_factory.mktemp("finished")
-    result = training_job("cli", rounds=2, parallelism=2).simulate(3, workspace=workspace)
+    result = simulate(training_job("cli", rounds=2, parallelism=2), 3, workspace=workspace)
     assert result.state.value == "success", result.reason
     yield Cli(workspace / "researcher"), result
 

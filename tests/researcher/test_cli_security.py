@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from node_agent.cli import app as node_app
-from researcher.cli import app as researcher_app
+from researcher.cli.main import app as researcher_app
 from tests.conftest import ADMIN, MANAGEMENT_URL
 
 runner = CliRunner()

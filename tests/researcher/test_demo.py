@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from researcher.demo import run
+from simulation.demo import run
 
 pytestmark = pytest.mark.anyio
 

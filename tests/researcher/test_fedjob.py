@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import yaml
 
-from broker_net.sample_data import TARGET, write_shard_csv
-from researcher.demo_plan import BreastCancerPlan
-from researcher.fedjob import FedJob, JobResult
-from researcher.lifecycle import State
-from researcher.spec import (
+from researcher.orchestration.fedjob import FedJob, JobResult
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.spec import JobSpec, SimulatedDataset
+from researcher.orchestration.task_specs import (
     AnalyticsTask,
-    JobSpec,
     PlanApprovalTask,
     PlanCheckTask,
     PreprocessingTask,
-    SimulatedDataset,
     SpecError,
     TrainingTask,
 )
+from simulation.demo_plan import BreastCancerPlan
+from simulation.federation import simulate, simulate_async
+from simulation.sample_data import TARGET, write_shard_csv
 from tests.researcher.test_scheduler import training_job
 
 pytestmark = pytest.mark.anyio
@@ -87,8 +87,8 @@ def test_a_spec_file_with_mistakes_says_where(tmp_path: Path) -> None:
 
 async def test_the_exported_spec_simulates_like_the_python_job(tmp_path: Path) -> None:
     job = training_job("same", rounds=2, parallelism=2)
-    from_python = await job.simulate_async(3)
-    from_file = await FedJob.from_spec(JobSpec.load(job.export(tmp_path))).simulate_async(3)
+    from_python = await simulate_async(job, 3)
+    from_file = await simulate_async(FedJob.from_spec(JobSpec.load(job.export(tmp_path))), 3)
 
     for result in (from_python, from_file):
         assert result.state is State.SUCCESS, result.reason
@@ -122,7 +122,7 @@ async def test_simulated_nodes_can_register_the_datasets_the_spec_names(tmp_path
     )  # fmt: skip
     spec = JobSpec.load(job.export(tmp_path / "spec.yaml"))
 
-    result = await FedJob.from_spec(spec).simulate_async(workspace=tmp_path / "workspace")
+    result = await simulate_async(FedJob.from_spec(spec), workspace=tmp_path / "workspace")
 
     assert result.state is State.SUCCESS, result.reason
     assert result.outputs["stats"]["statistics"]["nodes"] == 2
@@ -135,7 +135,7 @@ async def test_simulated_nodes_can_register_the_datasets_the_spec_names(tmp_path
 
 def test_simulate_needs_nodes() -> None:
     with pytest.raises(ValueError, match="give n_nodes"):
-        training_job().simulate()
+        simulate(training_job())
 
 
 def test_the_python_example_of_the_jobs_guide_runs(

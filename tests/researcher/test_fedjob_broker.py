@@ -19,11 +19,12 @@ from broker_net.amqp import AmqpTransport
 from broker_net.authentication import Security
 from broker_net.introductions import introduce
 from broker_net.topology import Topology
-from node_agent.demo_setup import register_demo_shard
-from researcher.fedjob import JobResult, operator
-from researcher.lifecycle import State
-from researcher.requests import Requests
-from researcher.store import JobStore
+from researcher.orchestration.fedjob import JobResult
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.store.job_store import JobStore
+from researcher.requests.router import Requests
+from simulation.demo_setup import register_demo_shard
+from simulation.federation import operator, simulate_async
 from tests.researcher.test_scheduler import training_job
 from tests.support.processes import ROOT, AgentProcesses
 
@@ -60,9 +61,9 @@ class Federation:
         )  # fmt: skip
 
     async def cli(self, *args: str) -> dict[str, object]:
-        """Run ``python -m researcher.cli_jobs ARGS --json`` and return its JSON."""
+        """Run ``python -m researcher.cli.jobs ARGS --json`` and return its JSON."""
         done = await anyio.run_process(
-            [sys.executable, "-m", "researcher.cli_jobs", *args, "--json"],
+            [sys.executable, "-m", "researcher.cli.jobs", *args, "--json"],
             env=self.env(), cwd=ROOT, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
@@ -126,7 +127,7 @@ async def test_python_job_exported_spec_and_simulation_agree(
     with JobStore(federation.researcher_dir) as store:
         from_spec = JobResult.from_store(store, str(submitted["job_id"]))
         assert store.job(from_spec.job_id).nodes == NODES
-    simulated = await job.simulate_async(len(NODES))
+    simulated = await simulate_async(job, len(NODES))
 
     assert from_python.outputs["stats"]["n_rows"] == simulated.outputs["stats"]["n_rows"]
     assert_same_results(from_python, from_spec)

@@ -11,17 +11,14 @@ from broker_net.messages import ErrorCode, PreprocStep, PreprocType, TrainingPla
 from broker_net.training_plan import plan_source
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
-from researcher.demo_plan import BreastCancerPlan
 from researcher.errors import NodeErrorReply
-from researcher.jobs import (
-    FARequestJob,
-    PreprocRequestJob,
-    TrainingJob,
-    TrainingPlanApproveJob,
-    TrainingPlanCheckJob,
-)
-from researcher.policies import DiscardOnTimeout
-from researcher.requests import Requests
+from researcher.jobs.analytics import FARequestJob
+from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.preprocessing import PreprocRequestJob
+from researcher.jobs.training import TrainingJob
+from researcher.requests.policies import DiscardOnTimeout
+from researcher.requests.router import Requests
+from simulation.demo_plan import BreastCancerPlan
 from tests.support.processes import AgentProcesses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]

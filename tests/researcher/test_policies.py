@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from researcher.policies import (
+from researcher.requests.policies import (
     DiscardOnTimeout,
     NodeState,
     RequestStatus,

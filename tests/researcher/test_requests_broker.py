@@ -13,14 +13,14 @@ from broker_net.codec import decode_message
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.messages import ErrorCode, ErrorMessage, PingRequest
 from broker_net.topology import Topology
-from researcher.policies import (
+from researcher.requests.policies import (
     DiscardOnTimeout,
     RequestStatus,
     StopOnDisconnect,
     StopOnError,
     StopOnTimeout,
 )
-from researcher.requests import Requests
+from researcher.requests.router import Requests
 from tests.support.processes import AgentProcesses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]

@@ -19,8 +19,9 @@ from node_agent.agent import NodeAgent
 from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
-from researcher.policies import DiscardOnTimeout, RequestStatus, StopOnTimeout
-from researcher.requests import MessagesByNode, Requests
+from researcher.requests.federated import MessagesByNode
+from researcher.requests.policies import DiscardOnTimeout, RequestStatus, StopOnTimeout
+from researcher.requests.router import Requests
 
 pytestmark = pytest.mark.anyio
 TOPOLOGY = Topology("mem")
@@ -147,7 +148,7 @@ async def test_a_request_resumed_by_id_collects_replies_sent_before_it(
     _, requests = network
     first = requests.send(_ping(), ["n1", "n2"], [DiscardOnTimeout(2)])
     # Simulate a process that sent the request and died: send, then forget the request.
-    requests._register(first)
+    requests.track(first)
     await first._send_all()
     requests._pending.pop(first.request_id)
     with anyio.fail_after(2):

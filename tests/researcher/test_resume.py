@@ -16,9 +16,10 @@ import pytest
 
 from broker_net.topology import Topology
 from node_agent.plans import PlanRegistry
-from researcher.fedjob import JobResult
-from researcher.lifecycle import State
-from researcher.store import JobStore
+from researcher.orchestration.fedjob import JobResult
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.store.job_store import JobStore
+from simulation.federation import simulate_async
 from tests.conftest import ADMIN, MANAGEMENT_URL
 from tests.researcher.test_fedjob_broker import (
     NODES,
@@ -79,7 +80,7 @@ async def test_a_researcher_killed_mid_round_resumes_and_loses_no_reply(
     spec = job.export(tmp_path / "job.yaml")
 
     researcher = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once)
-        [sys.executable, "-m", "researcher.cli_jobs", "job", "submit", str(spec)],
+        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
         env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -124,4 +125,4 @@ async def test_a_researcher_killed_mid_round_resumes_and_loses_no_reply(
         history = [(e.task, e.to_state) for e in store.history(job_id)]
         assert history.count(("train", State.RUNNING)) == 1
         resumed_result = JobResult.from_store(store, job_id)
-    assert_same_results(resumed_result, await job.simulate_async(len(NODES)))
+    assert_same_results(resumed_result, await simulate_async(job, len(NODES)))

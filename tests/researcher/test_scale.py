@@ -14,8 +14,8 @@ from bench.swarm import swarm
 from broker_net.amqp import AmqpTransport
 from broker_net.messages import PingRequest
 from broker_net.topology import Topology
-from researcher.policies import DiscardOnTimeout, RequestStatus, StopOnDisconnect
-from researcher.requests import Requests
+from researcher.requests.policies import DiscardOnTimeout, RequestStatus, StopOnDisconnect
+from researcher.requests.router import Requests
 from tests.conftest import ADMIN, MANAGEMENT_URL
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio, pytest.mark.slow]

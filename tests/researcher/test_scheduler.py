@@ -18,22 +18,23 @@ from broker_net.messages import ErrorCode, FARequest, PreprocRequest, TrainReque
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
-from node_agent.demo_setup import register_demo_shard
 from node_agent.handlers import HANDLERS, Handler
 from node_agent.settings import NodeSettings
-from researcher.demo_plan import BreastCancerPlan
-from researcher.fedjob import FedJob, operator
-from researcher.lifecycle import State
-from researcher.requests import Requests
-from researcher.scheduler import Scheduler, stop_job
-from researcher.spec import (
+from researcher.orchestration.fedjob import FedJob
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.scheduler import Scheduler, stop_job
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.task_specs import (
     AnalyticsTask,
     PlanApprovalTask,
     PlanCheckTask,
     PreprocessingTask,
     TrainingTask,
 )
-from researcher.store import JobStore
+from researcher.requests.router import Requests
+from simulation.demo_plan import BreastCancerPlan
+from simulation.demo_setup import register_demo_shard
+from simulation.federation import operator
 
 pytestmark = pytest.mark.anyio
 

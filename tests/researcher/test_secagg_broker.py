@@ -18,13 +18,15 @@ from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
 from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.datasets import DatasetRegistry
-from researcher.aggregation import fedavg
-from researcher.experiment import Experiment
-from researcher.jobs import FARequestJob, TrainingJob
-from researcher.payloads import seal_request
-from researcher.policies import DiscardOnTimeout
-from researcher.requests import Requests
-from researcher.secagg import SecureAggregation, masked_update
+from researcher.jobs.aggregation import fedavg
+from researcher.jobs.analytics import FARequestJob
+from researcher.jobs.experiment import Experiment
+from researcher.jobs.masked import masked_update
+from researcher.jobs.payloads import seal_request
+from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.training import TrainingJob
+from researcher.requests.policies import DiscardOnTimeout
+from researcher.requests.router import Requests
 from tests.support.processes import AgentProcesses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]

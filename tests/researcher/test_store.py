@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from researcher.fedjob import FedJob
-from researcher.lifecycle import TRANSITIONS, State, TransitionError, check_transition
-from researcher.scheduler import stop_job
-from researcher.spec import AnalyticsTask, TrainingTask
-from researcher.store import JobNotFoundError, JobStore, NodeResult, RoundRow, this_process
+from researcher.orchestration.fedjob import FedJob
+from researcher.orchestration.lifecycle import TRANSITIONS, State, TransitionError, check_transition
+from researcher.orchestration.scheduler import stop_job
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.store.records import (
+    JobNotFoundError,
+    NodeResult,
+    RoundRow,
+    this_process,
+)
+from researcher.orchestration.task_specs import AnalyticsTask, TrainingTask
 
 
 def _spec(name: str = "job", priority: int = 0):  # type: ignore[no-untyped-def]
@@ -26,7 +32,7 @@ def _spec(name: str = "job", priority: int = 0):  # type: ignore[no-untyped-def]
 
 
 def _plan():  # type: ignore[no-untyped-def]
-    from researcher.demo_plan import BreastCancerPlan
+    from simulation.demo_plan import BreastCancerPlan
 
     return BreastCancerPlan
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker_net.sample_data import TARGET, write_shard_csv
 from node_agent.datasets import DatasetEntry, DatasetRegistry
+from simulation.sample_data import TARGET, write_shard_csv
 
 DEMO_TAG = "breast-cancer"
 

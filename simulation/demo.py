@@ -1,10 +1,10 @@
 """The demo: three node agents and a researcher, a federated run end to end.
 
-``python -m researcher.demo`` gives three node agent processes their shard of the
-breast-cancer data, starts them against the local RabbitMQ and drives them from async
-researcher code: the training plan goes through approval, then federated analytics, federated
-standardisation and FedAvg rounds, ending with the federated model's test accuracy next to a
-centrally trained one. ``--simulate`` runs the same story in one process on the in-memory
+``python -m simulation.demo`` (or ``broker-net-demo run``) gives three node agent processes
+their shard of the breast-cancer data, starts them against the local RabbitMQ and drives them
+from async researcher code: the training plan goes through approval, then federated analytics,
+federated standardisation and FedAvg rounds, ending with the federated model's test accuracy
+next to a centrally trained one. ``--simulate`` runs the same story in one process on the in-memory
 transport; ``--external-nodes`` drives node agents started elsewhere (docker-compose);
 ``--secagg`` runs the FedAvg rounds with secure aggregation.
 """
@@ -33,11 +33,11 @@ from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
-from node_agent.demo_setup import register_demo_shard
 from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings
-from researcher.demo_story import StoryResult, tell
-from researcher.requests import Requests
+from researcher.requests.router import Requests
+from simulation.demo_setup import register_demo_shard
+from simulation.demo_story import StoryResult, tell
 
 NODES = ("hospital-a", "hospital-b", "hospital-c")
 RESEARCHER = os.environ.get("BROKER_NET_RESEARCHER_RESEARCHER_ID", "demo-researcher")
@@ -223,7 +223,7 @@ def main(
         failure = _first_failure(exc)
         console.print(f"[red]The demo failed: {type(failure).__name__}: {failure}[/red]")
         if not simulate:
-            console.print("`python -m researcher.demo --simulate` runs it without a broker.")
+            console.print("`python -m simulation.demo --simulate` runs it without a broker.")
         raise typer.Exit(2) from exc
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
 

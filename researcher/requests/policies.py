@@ -13,6 +13,11 @@ one ends ``timeout`` seconds after its last chunk, with a reason saying it stall
 first chunk nothing changes: a silent node times out ``timeout`` seconds after the send.
 :class:`DiscardOnStall` and :class:`StopOnStall` put a tighter bound on the silence between
 chunks alone.
+
+Every policy here derives from :class:`NodePolicy`, which holds the shared ``evaluate``: a
+policy only says which nodes are due and why, and whether a due node stops the whole request
+(``StopOn...``) or only its own part (``DiscardOn...``). Any object with ``evaluate`` and
+``next_deadline`` (:class:`Policy`) can serve as a policy too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 class RequestStatus(StrEnum):
@@ -106,23 +111,80 @@ def _pending(nodes: Mapping[str, NodeState], only: frozenset[str] | None) -> Ite
     )
 
 
-class _Timeout:
+class NodePolicy:
+    """Base of the policies below: it gives up on the nodes that are due, one by one.
+
+    A subclass says which nodes are due (:meth:`_due`, sorted by node id), why
+    (:meth:`_why`) and when the next one may be (:meth:`_deadline`). Its class attributes say
+    what follows: ``mark`` is the status the due nodes get (``None``: they keep theirs), and
+    ``stops`` whether the first due node stops the whole request (the ``Stop...`` variants)
+    or only its own part of it (the ``Discard...`` variants).
+
+    Args:
+        nodes: apply only to these node ids (all nodes when None).
+    """
+
+    mark: ClassVar[RequestStatus | None] = RequestStatus.TIMEOUT
+    stops: ClassVar[bool] = False
+
+    def __init__(self, nodes: Iterable[str] | None = None) -> None:
+        self.nodes = frozenset(nodes) if nodes is not None else None
+
+    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
+        """Mark the due nodes; with ``stops``, stop because of the first of them."""
+        due = self._due(nodes, now)
+        if not due:
+            return CONTINUE
+        marks = {} if self.mark is None else dict.fromkeys((s.node_id for s in due), self.mark)
+        reasons = self._reasons([state for state in due if state.node_id in marks], now)
+        if not self.stops:
+            return Verdict(marks=marks, reasons=reasons)
+        first = due[0]
+        return Verdict(
+            marks=marks,
+            stop_because_of=first.node_id,
+            reason=reasons.get(first.node_id) or self._why(first, now),
+            reasons=reasons,
+        )
+
+    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
+        """The earliest time a pending node this policy watches becomes due."""
+        deadline = self._deadline
+        deadlines = [d for s in _pending(nodes, self.nodes) if (d := deadline(s)) is not None]
+        return min(deadlines, default=None)
+
+    def _due(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+        """The nodes to give up on at ``now``, sorted by node id."""
+        raise NotImplementedError
+
+    def _why(self, state: NodeState, now: float) -> str:
+        """Why the policy gives up on the node of ``state``."""
+        raise NotImplementedError
+
+    def _deadline(self, state: NodeState) -> float | None:
+        """When the pending node of ``state`` becomes due, if it can."""
+        raise NotImplementedError
+
+    def _reasons(self, marked: list[NodeState], now: float) -> dict[str, str]:
+        return {state.node_id: self._why(state, now) for state in marked}
+
+
+class _Timeout(NodePolicy):
+    """Gives up on each node silent for ``timeout`` seconds since its send or latest chunk."""
+
     def __init__(self, timeout: float, nodes: Iterable[str] | None = None) -> None:
         if timeout < 0:
             raise ValueError("a timeout cannot be negative")
+        super().__init__(nodes)
         self.timeout = float(timeout)
-        self.nodes = frozenset(nodes) if nodes is not None else None
 
-    def _late(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+    def _due(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
         late = [
             state
             for state in _pending(nodes, self.nodes)
             if now - state.waiting_since >= self.timeout
         ]
         return sorted(late, key=lambda state: state.node_id)
-
-    def _reasons(self, late: list[NodeState], now: float) -> dict[str, str]:
-        return {state.node_id: self._why(state, now) for state in late}
 
     def _why(self, state: NodeState, now: float) -> str:
         if state.last_progress is not None and state.last_progress >= state.sent_at:
@@ -132,9 +194,8 @@ class _Timeout:
             )
         return f"node {state.node_id} did not answer within {self.timeout:g} s"
 
-    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
-        deadlines = [state.waiting_since + self.timeout for state in _pending(nodes, self.nodes)]
-        return min(deadlines, default=None)
+    def _deadline(self, state: NodeState) -> float | None:
+        return state.waiting_since + self.timeout
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.timeout:g})"
@@ -150,41 +211,25 @@ class DiscardOnTimeout(_Timeout):
         nodes: apply only to these node ids (all nodes when None).
     """
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        late = self._late(nodes, now)
-        if not late:
-            return CONTINUE
-        return Verdict(
-            marks=dict.fromkeys((state.node_id for state in late), RequestStatus.TIMEOUT),
-            reasons=self._reasons(late, now),
-        )
-
 
 class StopOnTimeout(_Timeout):
     """Stop the whole request when a node is still silent ``timeout`` seconds after its
     request was sent (or after the latest chunk of its reply, while one is arriving); silent
     nodes are TIMEOUT, the remaining ones STOPPED."""
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        late = self._late(nodes, now)
-        if not late:
-            return CONTINUE
-        return Verdict(
-            marks=dict.fromkeys((state.node_id for state in late), RequestStatus.TIMEOUT),
-            stop_because_of=late[0].node_id,
-            reason=self._why(late[0], now),
-            reasons=self._reasons(late, now),
-        )
+    stops = True
 
 
-class _Stall:
+class _Stall(NodePolicy):
+    """Gives up on each node whose reply started arriving, then saw no chunk for ``idle`` s."""
+
     def __init__(self, idle: float, nodes: Iterable[str] | None = None) -> None:
         if idle <= 0:
             raise ValueError("an idle time must be positive")
+        super().__init__(nodes)
         self.idle = float(idle)
-        self.nodes = frozenset(nodes) if nodes is not None else None
 
-    def _stalled(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+    def _due(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
         stalled = [
             state
             for state in _pending(nodes, self.nodes)
@@ -192,22 +237,14 @@ class _Stall:
         ]
         return sorted(stalled, key=lambda state: state.node_id)
 
-    def _reasons(self, stalled: list[NodeState], now: float) -> dict[str, str]:
-        return {
-            state.node_id: (
-                f"the reply of node {state.node_id} stalled: no chunk for "
-                f"{now - (state.last_progress or now):.1f} s (idle limit {self.idle:g} s)"
-            )
-            for state in stalled
-        }
+    def _why(self, state: NodeState, now: float) -> str:
+        return (
+            f"the reply of node {state.node_id} stalled: no chunk for "
+            f"{now - (state.last_progress or now):.1f} s (idle limit {self.idle:g} s)"
+        )
 
-    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
-        deadlines = [
-            state.last_progress + self.idle
-            for state in _pending(nodes, self.nodes)
-            if state.last_progress is not None
-        ]
-        return min(deadlines, default=None)
+    def _deadline(self, state: NodeState) -> float | None:
+        return None if state.last_progress is None else state.last_progress + self.idle
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.idle:g})"
@@ -223,44 +260,29 @@ class DiscardOnStall(_Stall):
         nodes: apply only to these node ids (all nodes when None).
     """
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        stalled = self._stalled(nodes, now)
-        if not stalled:
-            return CONTINUE
-        return Verdict(
-            marks=dict.fromkeys((state.node_id for state in stalled), RequestStatus.TIMEOUT),
-            reasons=self._reasons(stalled, now),
-        )
-
 
 class StopOnStall(_Stall):
     """Stop the whole request when a node's reply started arriving in chunks and then saw
     none for ``idle`` seconds; stalled nodes are TIMEOUT, the remaining ones STOPPED."""
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        stalled = self._stalled(nodes, now)
-        if not stalled:
-            return CONTINUE
-        reasons = self._reasons(stalled, now)
-        first = stalled[0].node_id
-        return Verdict(
-            marks=dict.fromkeys((state.node_id for state in stalled), RequestStatus.TIMEOUT),
-            stop_because_of=first,
-            reason=reasons[first],
-            reasons=reasons,
-        )
+    stops = True
 
 
-class StopOnError:
+class StopOnError(NodePolicy):
     """Stop the whole request at the first ErrorMessage."""
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        failed = sorted(s.node_id for s in nodes.values() if s.status is RequestStatus.ERROR)
-        if not failed:
-            return CONTINUE
-        return Verdict(
-            marks={}, stop_because_of=failed[0], reason=f"node {failed[0]} answered an error"
-        )
+    mark = None
+    stops = True
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _due(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+        failed = [state for state in nodes.values() if state.status is RequestStatus.ERROR]
+        return sorted(failed, key=lambda state: state.node_id)
+
+    def _why(self, state: NodeState, now: float) -> str:
+        return f"node {state.node_id} answered an error"
 
     def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
         return None
@@ -269,36 +291,36 @@ class StopOnError:
         return "StopOnError()"
 
 
-class StopOnDisconnect:
+class StopOnDisconnect(NodePolicy):
     """Stop the whole request when a node has been gone (no heartbeat within its patience, or
     no consumer on its queue) for longer than ``timeout`` seconds while its answer is due."""
+
+    mark = RequestStatus.DISCONNECTED
+    stops = True
 
     def __init__(self, timeout: float = 5.0) -> None:
         if timeout < 0:
             raise ValueError("a timeout cannot be negative")
+        super().__init__()
         self.timeout = float(timeout)
 
-    def evaluate(self, nodes: Mapping[str, NodeState], now: float) -> Verdict:
-        gone = sorted(
-            state.node_id
+    def _due(self, nodes: Mapping[str, NodeState], now: float) -> list[NodeState]:
+        gone = [
+            state
             for state in _pending(nodes, None)
             if state.gone_since is not None and now - state.gone_since >= self.timeout
-        )
-        if not gone:
-            return CONTINUE
-        return Verdict(
-            marks=dict.fromkeys(gone, RequestStatus.DISCONNECTED),
-            stop_because_of=gone[0],
-            reason=f"node {gone[0]} has been gone for more than {self.timeout:g} s",
-        )
-
-    def next_deadline(self, nodes: Mapping[str, NodeState]) -> float | None:
-        deadlines = [
-            state.gone_since + self.timeout
-            for state in _pending(nodes, None)
-            if state.gone_since is not None
         ]
-        return min(deadlines, default=None)
+        return sorted(gone, key=lambda state: state.node_id)
+
+    def _why(self, state: NodeState, now: float) -> str:
+        return f"node {state.node_id} has been gone for more than {self.timeout:g} s"
+
+    def _deadline(self, state: NodeState) -> float | None:
+        return None if state.gone_since is None else state.gone_since + self.timeout
+
+    def _reasons(self, marked: list[NodeState], now: float) -> dict[str, str]:
+        # The request's reason (naming the first gone node) stands for every gone node.
+        return {}
 
     def __repr__(self) -> str:
         return f"StopOnDisconnect({self.timeout:g})"

@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,8 +50,10 @@ from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, Secagg
 from broker_net.secagg_aggregator import SecaggAggregator, SecaggResult
 from broker_net.security import BadSignatureError, UnknownKeyError
 from researcher.errors import SecureAggregationError
-from researcher.policies import DiscardOnTimeout, Policy, StopOnError
-from researcher.requests import MessagesByNode, Requests
+from researcher.jobs.masked import masked_params, masked_statistics, statistics_from_sum, unflatten
+from researcher.requests.federated import MessagesByNode
+from researcher.requests.policies import DiscardOnTimeout, Policy, StopOnError
+from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)
 
@@ -295,49 +297,25 @@ class SecureAggregation:
         Raises:
             SecureAggregationError: as :meth:`aggregate`; or masked replies of unequal shapes.
         """
-        masked: dict[str, MaskedVector] = {}
-        shapes: dict[str, list[int]] | None = None
-        for node, reply in sorted(replies.items()):
-            found = masked_update(reply)
-            if found is None:
-                logger.warning("round %d: node %s sent no masked update; left out", round, node)
-                continue
-            vector, node_shapes = found
-            if shapes is not None and node_shapes != shapes:
-                raise SecureAggregationError(
-                    f"round {round}: node {node} sent parameters of other shapes", node_id=node
-                )
-            masked[node], shapes = vector, node_shapes
+        masked, shapes = masked_params(round, replies)
         result = await self.aggregate(round, masked)
         try:
             mean = result.mean
         except ZeroDivisionError as exc:
             raise SecureAggregationError(f"round {round}: the sample sizes sum to 0") from exc
-        return unflatten(mean, shapes or {}), result.survivors
+        return unflatten(mean, shapes), result.survivors
 
     async def statistics(self, round: int, replies: Mapping[str, FAReply]) -> dict[str, Any]:
         """Pooled statistics from masked analytics replies (see
         :func:`node_agent.secagg_handlers.mask_statistics`), in the form of
-        :func:`researcher.analytics.combine_statistics`.
+        :func:`researcher.jobs.statistics.combine_statistics`.
 
         Raises:
             SecureAggregationError: as :meth:`aggregate`; or replies of unequal schemas.
         """
-        masked: dict[str, MaskedVector] = {}
-        schema: list[Any] | None = None
-        for node, reply in sorted(replies.items()):
-            vectors = reply.params_encrypted or []
-            if not reply.encrypted or len(vectors) != 1 or not _is_masked(vectors[0]):
-                raise SecureAggregationError(
-                    f"node {node} sent unmasked statistics under secure aggregation", node_id=node
-                )
-            if schema is not None and reply.output_schema != schema:
-                raise SecureAggregationError(
-                    f"node {node} sent statistics of another schema", node_id=node
-                )
-            masked[node], schema = vectors[0], reply.output_schema
+        masked, schema = masked_statistics(replies)
         result = await self.aggregate(round, masked)
-        return _statistics(schema or [], result)
+        return statistics_from_sum(schema, result)
 
 
 @contextmanager
@@ -348,78 +326,3 @@ def _refusals(node: str | None) -> Iterator[None]:
     except (SecaggError, BadSignatureError, UnknownKeyError, ValueError) as exc:
         who = f"node {node}: " if node is not None else ""
         raise SecureAggregationError(f"secure aggregation: {who}{exc}", node_id=node) from exc
-
-
-def _is_masked(value: Any) -> TypeGuard[MaskedVector]:
-    return isinstance(value, np.ndarray) and value.dtype == np.uint64 and value.ndim == 1
-
-
-def masked_update(reply: TrainReply) -> tuple[MaskedVector, dict[str, list[int]]] | None:
-    """The masked vector and parameter shapes of a secure aggregation reply, or ``None``
-    when its parameters are not ``{"masked": uint64 vector, "shapes": {name: shape}}``."""
-    params = reply.params or {}
-    vector, shapes = params.get("masked"), params.get("shapes")
-    if not reply.encrypted or set(params) != {"masked", "shapes"} or not _is_masked(vector):
-        return None
-    if not isinstance(shapes, dict):
-        return None
-    return vector, {str(name): [int(d) for d in shape] for name, shape in shapes.items()}
-
-
-def unflatten(
-    vector: npt.NDArray[np.float64], shapes: Mapping[str, Sequence[int]]
-) -> dict[str, npt.NDArray[np.float64]]:
-    """Cut a flat vector back into named arrays, names taken in sorted order.
-
-    Raises:
-        SecureAggregationError: the shapes do not account for the vector's length.
-    """
-    sizes = {name: math.prod(shapes[name]) for name in sorted(shapes)}
-    if sum(sizes.values()) != vector.size:
-        raise SecureAggregationError(
-            f"{vector.size} aggregated values do not fit the parameter shapes {dict(shapes)}"
-        )
-    params, start = {}, 0
-    for name, size in sizes.items():
-        params[name] = vector[start : start + size].reshape(shapes[name]).copy()
-        start += size
-    return params
-
-
-def _statistics(schema: list[Any], result: SecaggResult) -> dict[str, Any]:
-    quantities: list[tuple[str | None, str]] = [
-        (entry.get("column"), quantity) for entry in schema for quantity in entry["quantities"]
-    ]
-    if len(set(quantities)) != len(quantities) or len(quantities) != result.weighted_sum.size:
-        raise SecureAggregationError("the aggregated statistics do not fit their schema")
-    values = dict(zip(quantities, result.weighted_sum.tolist(), strict=True))
-    columns: dict[str, Any] = {}
-    for entry in schema:
-        column = entry.get("column")
-        if column is None:
-            continue
-        stats = set(entry["stats"])
-        count = round(values[(column, "count")])
-        out: dict[str, Any] = {"count": count, "missing": round(values[(column, "missing")])}
-        total = values.get((column, "sum"))
-        mean = total / count if total is not None and count else None
-        if "sum" in stats:
-            out["sum"] = total
-        if "mean" in stats:
-            out["mean"] = mean
-        if stats & {"variance", "std"}:
-            ddof = int(entry["ddof"])
-            variance = None
-            if mean is not None and total is not None and count > ddof:
-                m2 = max(values[(column, "sumsq")] - total * mean, 0.0)
-                variance = m2 / (count - ddof)
-            if "variance" in stats:
-                out["variance"] = variance
-            if "std" in stats:
-                out["std"] = math.sqrt(variance) if variance is not None else None
-        columns[column] = out
-    return {
-        "n_rows": round(values[(None, "n_rows")]),
-        "nodes": len(result.survivors),
-        "columns": columns,
-    }

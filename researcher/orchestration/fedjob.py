@@ -1,4 +1,4 @@
-"""FedJob: define a federated job in Python, export it as a spec, simulate it or run it.
+"""FedJob: define a federated job in Python, export it as a spec, run it.
 
 As NVIDIA FLARE's FedJob API: tasks are placed on nodes with :meth:`FedJob.to` (one node) and
 :meth:`FedJob.to_nodes` (every node of the job)::
@@ -17,58 +17,48 @@ As NVIDIA FLARE's FedJob API: tasks are placed on nodes with :meth:`FedJob.to` (
                 "model_args.n_features": stats.output("n_features")}))
 
     job.export("job.yaml")            # then: researcher job submit job.yaml
-    result = job.simulate(3)          # in one process, on the in-memory transport
     result = await job.run(requests)  # for real, over the requests' transport
+    result = simulate(job, 3)         # in one process: simulation.simulate
 
-The tasks are the spec's own models (:mod:`researcher.spec`); the training plan travels in
-the spec as its source text and class name.
+The tasks are the spec's own models (:mod:`researcher.orchestration.task_specs`); the training
+plan travels in the spec as its source text and class name. Simulating a job starts node
+agents in this process, so it lives above both parties, in :mod:`simulation.federation`.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
-from broker_net.memory import MemoryBroker, MemoryTransport
-from broker_net.topology import Topology, check_id
+from broker_net.topology import check_id
 from broker_net.training_plan import TrainingPlan, plan_source
-from node_agent.agent import NodeAgent
-from node_agent.datasets import DatasetRegistry
-from node_agent.demo_setup import DEMO_TAG, register_demo_shard
-from node_agent.plans import PlanRegistry
-from node_agent.settings import NodeSettings
-from researcher.lifecycle import State
-from researcher.requests import Requests
-from researcher.scheduler import Scheduler
-from researcher.settings import ResearcherSettings
-from researcher.spec import (
-    ALL_NODES,
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.scheduler import Scheduler
+from researcher.orchestration.spec import (
     DatasetSelector,
     Inheritance,
     JobConf,
     JobSpec,
     PlanSpec,
     SimulatedDataset,
-    SpecError,
-    TaskSpec,
 )
-from researcher.store import JobStore, RoundRow
-from researcher.tasks import Approver
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.store.records import RoundRow
+from researcher.orchestration.task_specs import ALL_NODES, SpecError, TaskSpec
+from researcher.orchestration.tasks import Approver
+from researcher.requests.router import Requests
+from researcher.settings import ResearcherSettings
 
 T = TypeVar("T", bound=TaskSpec)
 
-SIMULATION_RESEARCHER = "simulator"
-"""The researcher id of simulations."""
+DEMO_DATASET_TAG = "breast-cancer"
+"""The tag a job finds datasets by unless told otherwise: the demo data's
+(:data:`simulation.demo_setup.DEMO_TAG`)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +107,7 @@ class FedJob:
         name: the job's name.
         min_nodes: online nodes the job needs before it starts.
         mandatory_nodes: nodes that must be online for the job to start.
-        dataset_tags: find each node's dataset by these tags...
+        dataset_tags: find each node's dataset by these tags (default: the demo data's)...
         dataset_ids: ...or name each node's dataset id.
         priority: higher runs first among waiting jobs.
         auto_retries: times a failed or timed-out task is tried again.
@@ -126,7 +116,8 @@ class FedJob:
         node_wait: seconds to wait for the nodes before the job fails.
         inherit_from: an earlier job id whose ``inherit_tasks`` outputs are reused.
         simulation_datasets: dataset files simulated nodes register, by node id (default:
-            each simulated node gets a shard of the demo data).
+            each simulated node gets a shard of the demo data; see
+            :func:`simulation.federation.simulate`).
     """
 
     def __init__(
@@ -135,7 +126,7 @@ class FedJob:
         *,
         min_nodes: int = 1,
         mandatory_nodes: Sequence[str] = (),
-        dataset_tags: Sequence[str] = (DEMO_TAG,),
+        dataset_tags: Sequence[str] = (DEMO_DATASET_TAG,),
         dataset_ids: dict[str, str] | None = None,
         priority: int = 0,
         auto_retries: int = 0,
@@ -216,7 +207,7 @@ class FedJob:
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> FedJob:
-        """A FedJob holding ``spec`` (e.g. loaded from YAML), to simulate or run it."""
+        """A FedJob holding ``spec`` (e.g. loaded from YAML), to run or simulate it."""
         job = cls(spec.name)
         job.conf = spec.conf.model_copy(deep=True)
         job.datasets = spec.datasets.model_copy(deep=True)
@@ -267,112 +258,3 @@ class FedJob:
         finally:
             if own:
                 store.close()
-
-    def simulate(self, n_nodes: int | None = None, *, workspace: Path | None = None) -> JobResult:
-        """Run the job in this process with in-process node agents on the in-memory
-        transport, as FLARE's ``simulator_run`` (see :meth:`simulate_async`)."""
-        return anyio.run(lambda: self.simulate_async(n_nodes, workspace=workspace))
-
-    async def simulate_async(
-        self, n_nodes: int | None = None, *, workspace: Path | None = None
-    ) -> JobResult:
-        """Run the job with simulated nodes and return its result.
-
-        The nodes are the spec's simulation datasets' nodes, else the nodes tasks are placed
-        on by name, else ``site-1`` ... ``site-<n_nodes>``. Each registers its simulation
-        dataset, or a shard of the demo data (then the job finds datasets by the demo tag);
-        the simulated operators approve every plan the job submits.
-
-        Args:
-            n_nodes: how many nodes, when the job names none.
-            workspace: a folder for the nodes' data and the job store (default: a temporary
-                folder, removed afterwards).
-
-        Raises:
-            ValueError: the job names no node and ``n_nodes`` is not given.
-        """
-        spec = self.spec
-        nodes = sorted(spec.simulation) or spec.named_nodes()
-        if not nodes:
-            if not n_nodes:
-                raise ValueError("the job names no node: give n_nodes")
-            nodes = [f"site-{index}" for index in range(1, n_nodes + 1)]
-        if not spec.simulation:
-            spec = spec.model_copy(update={"datasets": DatasetSelector(tags=[DEMO_TAG])})
-        elif spec.datasets.ids:
-            spec = spec.model_copy(update={"datasets": DatasetSelector(tags=["simulation"])})
-        with tempfile.TemporaryDirectory(prefix="broker-net-simulation-") as tmp:
-            root = workspace or Path(tmp)
-            for index, node in enumerate(nodes):
-                folder = root / "nodes" / node
-                await anyio.to_thread.run_sync(_register, spec, folder, node, index, len(nodes))
-            async with _simulated_network(root, nodes) as requests:
-                with JobStore(root / "researcher") as store:
-                    scheduler = Scheduler(
-                        store, requests, approver=operator(root / "nodes"), discovery=0
-                    )
-                    record = scheduler.submit(spec)
-                    await scheduler.run_job(record.job_id)
-                    return JobResult.from_store(store, record.job_id)
-
-
-def _register(spec: JobSpec, folder: Path, node: str, index: int, count: int) -> None:
-    dataset = spec.simulation.get(node)
-    if dataset is None:
-        register_demo_shard(folder, index, count)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    with DatasetRegistry(folder) as registry:
-        if not registry.list(spec.datasets.tags):
-            registry.add(
-                dataset.path,
-                name=dataset.name or dataset.path.stem,
-                tags=list(dict.fromkeys([*dataset.tags, *spec.datasets.tags])),
-                target=dataset.target,
-                description="registered by a simulation",
-            )
-
-
-@asynccontextmanager
-async def _simulated_network(root: Path, nodes: list[str]) -> AsyncIterator[Requests]:
-    """Node agents and a researcher on one in-memory broker, trusting each other."""
-    broker = MemoryBroker()
-    topology = Topology("simulation")
-    researcher_dir = root / "researcher"
-    security = await anyio.to_thread.run_sync(_introduce, researcher_dir, root / "nodes", nodes)
-    async with AsyncExitStack() as stack:
-        for node in nodes:
-            settings = NodeSettings(
-                node_id=node, data_dir=root / "nodes" / node, namespace=topology.namespace,
-                heartbeat_interval=0.5,
-            )  # fmt: skip
-            transport = await stack.enter_async_context(MemoryTransport(broker))
-            await stack.enter_async_context(NodeAgent(settings, transport, shutdown_grace=1))
-        transport = await stack.enter_async_context(MemoryTransport(broker))
-        requests = await stack.enter_async_context(
-            Requests(transport, SIMULATION_RESEARCHER, topology=topology, security=security)
-        )
-        await requests.wait_for_nodes(nodes, timeout=30)
-        yield requests
-
-
-def _introduce(researcher_dir: Path, root: Path, nodes: list[str]) -> Security:
-    introduce(SIMULATION_RESEARCHER, researcher_dir, {node: root / node for node in nodes})
-    return Security.load(
-        researcher_dir / "identity", SIMULATION_RESEARCHER, "researcher",
-        researcher_dir / "trusted-nodes",
-    )  # fmt: skip
-
-
-def operator(root: Path) -> Approver:
-    """An approver acting as the operator of each node whose data folder is under ``root``
-    (``node-agent plans approve``): for simulations and tests."""
-
-    async def approve(node: str, plan_id: str) -> None:
-        def run() -> None:
-            with PlanRegistry(root / node) as plans:
-                plans.approve(plan_id, note="approved by the simulation's operator")
-
-        await anyio.to_thread.run_sync(run)
-
-    return approve

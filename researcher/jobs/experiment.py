@@ -23,12 +23,14 @@ import numpy.typing as npt
 
 from broker_net.messages import new_id
 from broker_net.training_plan import TrainingPlan, plan_source
-from researcher.aggregation import fedavg, weighted_metrics
 from researcher.errors import RequestError
-from researcher.jobs import RequestHooks, TrainingJob
-from researcher.policies import DiscardOnTimeout, Policy
-from researcher.requests import NodeTiming, Requests
-from researcher.secagg import SecureAggregation
+from researcher.jobs.aggregation import fedavg, weighted_metrics
+from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.training import TrainingJob
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.ledger import NodeTiming
+from researcher.requests.policies import DiscardOnTimeout, Policy
+from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class Experiment:
         source: the plan's source as sent to the nodes (default: ``plan_source(plan)``).
         hooks: gives the :class:`RequestHooks` of each round's request, by round number, to
             record it or to resume it in another process.
-        secagg: aggregate with secure aggregation (see :mod:`researcher.secagg`): set up once
+        secagg: aggregate with secure aggregation (see :mod:`researcher.jobs.secagg`): set up once
             before the first round, each node then sends its update masked and the researcher
             learns only their weighted average. A node failing a round is recovered from while
             a strict majority remains. Needs security on every party.

@@ -17,8 +17,8 @@ import anyio
 from broker_net.errors import BrokerAccessError
 from broker_net.management import ManagementClient
 from broker_net.transport import Transport
-from researcher.presence import NodePresence
-from researcher.requests import Requests
+from researcher.requests.presence import NodePresence
+from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
 
 

@@ -12,19 +12,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from broker_net.messages import ListReply, ListRequest, PreprocStep, PreprocType
-from broker_net.sample_data import TARGET, breast_cancer
 from broker_net.training_plan import plan_source
-from researcher.demo_plan import BreastCancerPlan
 from researcher.errors import JobError
-from researcher.experiment import Experiment, ExperimentResult, RoundRecord
-from researcher.jobs import (
-    FARequestJob,
-    PreprocRequestJob,
-    TrainingPlanApproveJob,
-    TrainingPlanCheckJob,
-)
-from researcher.policies import DiscardOnTimeout, StopOnError
-from researcher.requests import Requests
+from researcher.jobs.analytics import FARequestJob
+from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.preprocessing import PreprocRequestJob
+from researcher.requests.policies import DiscardOnTimeout, StopOnError
+from researcher.requests.router import Requests
+from simulation.demo_plan import BreastCancerPlan
+from simulation.sample_data import TARGET, breast_cancer
 
 Approver = Callable[[str, str], Awaitable[None]]
 """``await approve(node_id, plan_id)``: what a node's operator does to approve a plan."""

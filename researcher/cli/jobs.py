@@ -1,6 +1,6 @@
 """``researcher job ...`` and ``researcher output ...``: run job specs and read their outputs.
 
-Two typer apps, mounted on the ``researcher`` command; ``python -m researcher.cli_jobs`` runs
+Two typer apps, mounted on the ``researcher`` command; ``python -m researcher.cli.jobs`` runs
 them alone. Every command reads ``BROKER_NET_RESEARCHER_*`` settings; jobs live in the store
 in ``data_dir``. Each command takes ``--json``. Exit codes: 0 done (the job succeeded), 1 the
 job ended in another state, 2 the command could not be carried out.
@@ -21,13 +21,15 @@ from rich.table import Table
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import BrokerNetError
 from broker_net.logs import configure_logging
-from researcher import outputs
-from researcher.lifecycle import State
-from researcher.requests import Requests
-from researcher.scheduler import Scheduler, stop_job
+from researcher.orchestration import outputs
+from researcher.orchestration.lifecycle import State
+from researcher.orchestration.scheduler import Scheduler, stop_job
+from researcher.orchestration.spec import JobSpec
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.store.records import JobNotFoundError
+from researcher.orchestration.task_specs import SpecError
+from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
-from researcher.spec import JobSpec, SpecError
-from researcher.store import JobNotFoundError, JobStore
 
 job_app = typer.Typer(
     help="Submit job specs, follow them, stop, rerun and resume them.",
@@ -363,7 +365,7 @@ def standalone_app() -> typer.Typer:
 
 
 def main() -> None:
-    """Run both apps as ``python -m researcher.cli_jobs job|output ...``."""
+    """Run both apps as ``python -m researcher.cli.jobs job|output ...``."""
     standalone_app()()
 
 

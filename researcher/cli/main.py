@@ -13,11 +13,11 @@ from rich.table import Table
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
-from researcher.cli_jobs import job_app, output_app
-from researcher.cli_security import identity_app, provision_command, trust_app
-from researcher.requests import Requests
+from researcher.cli.jobs import job_app, output_app
+from researcher.cli.security import identity_app, provision_command, trust_app
+from researcher.cli.status import NodeStatus, collect_status
+from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
-from researcher.status import NodeStatus, collect_status
 
 app = typer.Typer(
     help="Drive a broker-net federation: nodes, status, jobs and their outputs.",

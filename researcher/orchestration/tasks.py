@@ -27,27 +27,25 @@ import numpy.typing as npt
 from broker_net.messages import PreprocStep, TrainingPlanStatus
 from broker_net.training_plan import TrainingPlan
 from researcher.errors import RequestError
-from researcher.experiment import Experiment, RoundRecord
-from researcher.jobs import (
-    FARequestJob,
-    PreprocRequestJob,
-    RequestHooks,
-    TrainingPlanApproveJob,
-    TrainingPlanCheckJob,
-)
-from researcher.policies import DiscardOnTimeout, StopOnError
-from researcher.requests import FederatedRequest, Requests
-from researcher.spec import (
+from researcher.jobs.analytics import FARequestJob
+from researcher.jobs.experiment import Experiment, RoundRecord
+from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.preprocessing import PreprocRequestJob
+from researcher.orchestration.spec import JobSpec, PlanSpec
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
+from researcher.orchestration.task_specs import (
     AnalyticsTask,
-    JobSpec,
     PlanApprovalTask,
     PlanCheckTask,
-    PlanSpec,
     PreprocessingTask,
     TaskSpec,
     TrainingTask,
 )
-from researcher.store import JobStore, NodeResult, RoundRow, now_text
+from researcher.requests.federated import FederatedRequest
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.policies import DiscardOnTimeout, StopOnError
+from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)
 

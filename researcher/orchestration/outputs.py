@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from researcher.store import JobStore, TaskRecord
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.store.records import TaskRecord
 
 
 class OutputError(ValueError):
