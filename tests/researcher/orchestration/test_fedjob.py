@@ -22,7 +22,7 @@ from researcher.orchestration.task_specs import (
 from simulation.demo_plan import BreastCancerPlan
 from simulation.federation import simulate, simulate_async
 from simulation.sample_data import TARGET, write_shard_csv
-from tests.researcher.test_scheduler import training_job
+from tests.researcher.orchestration.test_scheduler import training_job
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +141,7 @@ def test_simulate_needs_nodes() -> None:
 def test_the_python_example_of_the_jobs_guide_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    guide = (Path(__file__).parents[2] / "docs" / "jobs.md").read_text()
+    guide = (Path(__file__).parents[3] / "docs" / "jobs.md").read_text()
     example = guide.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}

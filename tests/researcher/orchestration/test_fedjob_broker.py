@@ -25,7 +25,7 @@ from researcher.orchestration.store.job_store import JobStore
 from researcher.requests.router import Requests
 from simulation.demo_setup import register_demo_shard
 from simulation.federation import operator, simulate_async
-from tests.researcher.test_scheduler import training_job
+from tests.researcher.orchestration.test_scheduler import training_job
 from tests.support.processes import ROOT, AgentProcesses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from researcher.cli.jobs import standalone_app
 from researcher.orchestration.fedjob import JobResult
 from simulation.federation import simulate
-from tests.researcher.test_scheduler import analytics_job, training_job
+from tests.researcher.orchestration.test_scheduler import analytics_job, training_job
 
 NODES = ["site-1", "site-2", "site-3"]
 

@@ -21,14 +21,14 @@ from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
 from simulation.federation import simulate_async
 from tests.conftest import ADMIN, MANAGEMENT_URL
-from tests.researcher.test_fedjob_broker import (
+from tests.researcher.orchestration.test_fedjob_broker import (
     NODES,
     RESEARCHER,
     Federation,
     assert_same_results,
     running_federation,
 )
-from tests.researcher.test_scheduler import training_job
+from tests.researcher.orchestration.test_scheduler import training_job
 from tests.support.processes import ROOT
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
