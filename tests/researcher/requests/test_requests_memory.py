@@ -20,6 +20,8 @@ from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
 from researcher.requests.federated import MessagesByNode
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.ledger import Receipt
 from researcher.requests.policies import DiscardOnTimeout, RequestStatus, StopOnTimeout
 from researcher.requests.router import Requests
 
@@ -162,3 +164,52 @@ async def test_a_request_resumed_by_id_collects_replies_sent_before_it(
 
     assert resumed.status() == {"n1": RequestStatus.SUCCESS, "n2": RequestStatus.SUCCESS}
     assert requests.parked_replies() == {}
+
+
+async def test_hooks_see_the_send_and_every_answer_once(
+    network: tuple[MemoryBroker, Requests],
+) -> None:
+    _, requests = network
+    events: list[tuple[str, str, object]] = []
+    hooks = RequestHooks(
+        on_sending=lambda rid, nodes: events.append(("sending", rid, list(nodes))),
+        on_sent=lambda rid, sent: events.append(("sent", rid, sorted(sent))),
+        on_answer=lambda rid, node: events.append(("answer", rid, node)),
+    )
+
+    fed = await requests.request(_ping(), ["n1", "n2", "slow"], [DiscardOnTimeout(5)], hooks=hooks)
+
+    rid = fed.request_id
+    assert events[:2] == [
+        ("sending", rid, ["n1", "n2", "slow"]),
+        ("sent", rid, ["n1", "n2", "slow"]),
+    ]
+    assert sorted(events[2:]) == [
+        ("answer", rid, "n1"),
+        ("answer", rid, "n2"),
+        ("answer", rid, "slow"),
+    ]
+
+
+async def test_hooks_and_arguments_cannot_name_two_request_ids(
+    network: tuple[MemoryBroker, Requests],
+) -> None:
+    _, requests = network
+    with pytest.raises(ValueError, match="request_id"):
+        requests.send(_ping(), ["n1"], request_id="a", hooks=RequestHooks(request_id="b"))
+    fed = requests.send(_ping(), ["n1"], request_id="a", hooks=RequestHooks(request_id="a"))
+    assert fed.request_id == "a"
+    assert requests.send(_ping(), ["n1"], hooks=RequestHooks(request_id="c")).request_id == "c"
+
+
+async def test_a_finished_request_says_which_replies_come_too_late(
+    network: tuple[MemoryBroker, Requests],
+) -> None:
+    _, requests = network
+    fed = await requests.request(_ping(), ["n1", "slow"], [DiscardOnTimeout(0.2)])
+    reply = fed.replies()["n1"]
+
+    assert fed.deliver("slow", reply) is Receipt.LATE
+    assert fed.deliver("n1", reply) is Receipt.IGNORED
+    assert fed.deliver("stranger", reply) is Receipt.IGNORED
+    assert fed.status() == {"n1": RequestStatus.SUCCESS, "slow": RequestStatus.TIMEOUT}
