@@ -19,10 +19,10 @@ broker: ## Make sure the local RabbitMQ (with its management API) is up.
 
 demo: $(STAMP) ## The main job: a federated run end to end (in memory if no broker is reachable).
 	@if bash scripts/ensure-broker.sh --quiet; then \
-		$(BIN)/python -m researcher.demo; \
+		$(BIN)/python -m simulation.demo; \
 	else \
 		echo "No RabbitMQ broker can be reached or started here: running the same story as a simulation on the in-memory transport."; \
-		$(BIN)/python -m researcher.demo --simulate; \
+		$(BIN)/python -m simulation.demo --simulate; \
 	fi
 
 test: $(STAMP) broker ## Install, make sure the broker answers, run the whole suite.

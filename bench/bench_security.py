@@ -52,10 +52,10 @@ from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.secagg_handlers import mask_params, secagg_node_for
 from node_agent.settings import NodeSettings
-from researcher.aggregation import fedavg
-from researcher.policies import DiscardOnTimeout, StopOnError
-from researcher.requests import Requests
-from researcher.secagg import SecureAggregation
+from researcher.jobs.aggregation import fedavg
+from researcher.jobs.secagg import SecureAggregation
+from researcher.requests.policies import DiscardOnTimeout, StopOnError
+from researcher.requests.router import Requests
 
 TARGET_AUTH = 1.10
 TARGET_SECAGG = 3.0

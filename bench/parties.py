@@ -34,8 +34,8 @@ from broker_net.amqp import AmqpTransport
 from broker_net.authentication import Security
 from broker_net.messages import PingRequest, TrainReply, TrainRequest
 from broker_net.topology import Topology
-from researcher.policies import DiscardOnTimeout
-from researcher.requests import Requests
+from researcher.requests.policies import DiscardOnTimeout
+from researcher.requests.router import Requests
 
 CHUNK = 4 * 1024**2
 WINDOW = 8

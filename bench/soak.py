@@ -53,8 +53,8 @@ from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings
-from researcher.policies import DiscardOnTimeout, RequestStatus
-from researcher.requests import Requests
+from researcher.requests.policies import DiscardOnTimeout, RequestStatus
+from researcher.requests.router import Requests
 
 RESEARCHER = "soak-researcher"
 NAMESPACE = "soak"

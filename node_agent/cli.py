@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,6 @@ from broker_net.errors import TransportError
 from node_agent.agent import NodeAgent
 from node_agent.cli_dataset import dataset_app
 from node_agent.cli_plans import plans_app
-from node_agent.demo_setup import register_demo_shard
 from node_agent.settings import NodeSettings
 
 app = typer.Typer(
@@ -100,24 +98,6 @@ async def _stop_on_signal(agent: NodeAgent) -> None:
         async for _ in signals:
             agent.stop()
             return
-
-
-@app.command("demo-setup")
-def demo_setup(
-    shard: Annotated[int, typer.Option(help="Which shard this node holds (0-based).")],
-    shards: Annotated[int, typer.Option(help="How many nodes share the data.")] = 3,
-    non_iid: Annotated[bool, typer.Option(help="Skew each shard's label mix.")] = False,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data folder (env BROKER_NET_NODE_DATA_DIR).")
-    ] = None,
-) -> None:
-    """Give this node its shard of scikit-learn's breast-cancer data, registered as a dataset
-    tagged ``breast-cancer``. Running it again changes nothing."""
-    default = NodeSettings.model_fields["data_dir"].default
-    folder = data_dir or Path(os.environ.get("BROKER_NET_NODE_DATA_DIR", default))
-    entry, created = register_demo_shard(folder, shard, shards, non_iid=non_iid)
-    state = "registered" if created else "already had"
-    typer.echo(f"{folder}: {state} {entry.dataset_id} ({entry.shape[0]} rows)")
 
 
 def main() -> None:

@@ -1,7 +1,5 @@
 """The researcher's async API: requests with policies, jobs, experiments."""
 
-from researcher.aggregation import fedavg, weighted_metrics
-from researcher.analytics import combine_statistics
 from researcher.errors import (
     JobError,
     NodeErrorReply,
@@ -10,21 +8,32 @@ from researcher.errors import (
     RequestTimeoutError,
     SecureAggregationError,
 )
-from researcher.experiment import Experiment, ExperimentResult, RoundRecord
-from researcher.fedjob import FedJob, JobResult
-from researcher.jobs import (
-    FARequestJob,
-    FAResult,
-    Job,
-    PreprocRequestJob,
-    PreprocResult,
-    TrainingJob,
-    TrainingPlanApproveJob,
-    TrainingPlanCheckJob,
-    TrainingResult,
+from researcher.jobs.aggregation import fedavg, weighted_metrics
+from researcher.jobs.analytics import FARequestJob, FAResult
+from researcher.jobs.base import Job
+from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
+from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.statistics import combine_statistics
+from researcher.jobs.training import TrainingJob, TrainingResult
+from researcher.orchestration.fedjob import FedJob, JobResult
+from researcher.orchestration.lifecycle import State, TransitionError
+from researcher.orchestration.scheduler import Scheduler
+from researcher.orchestration.spec import JobSpec
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.task_specs import (
+    AnalyticsTask,
+    PlanApprovalTask,
+    PlanCheckTask,
+    PreprocessingTask,
+    SpecError,
+    TrainingTask,
 )
-from researcher.lifecycle import State, TransitionError
-from researcher.policies import (
+from researcher.requests.federated import FederatedRequest, MessagesByNode, PolicyReport
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.ledger import NodeTiming
+from researcher.requests.policies import (
     DiscardOnStall,
     DiscardOnTimeout,
     NodeState,
@@ -36,28 +45,10 @@ from researcher.policies import (
     StopOnTimeout,
     Verdict,
 )
-from researcher.presence import NodePresence, PresenceTable
-from researcher.requests import (
-    FederatedRequest,
-    LateReply,
-    MessagesByNode,
-    NodeTiming,
-    PolicyReport,
-    Requests,
-)
-from researcher.scheduler import Scheduler
-from researcher.secagg import SecureAggregation
+from researcher.requests.presence import NodePresence, PresenceTable
+from researcher.requests.reply_log import LateReply
+from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
-from researcher.spec import (
-    AnalyticsTask,
-    JobSpec,
-    PlanApprovalTask,
-    PlanCheckTask,
-    PreprocessingTask,
-    SpecError,
-    TrainingTask,
-)
-from researcher.store import JobStore
 
 __all__ = [
     "AnalyticsTask",
@@ -90,6 +81,7 @@ __all__ = [
     "PreprocessingTask",
     "PresenceTable",
     "RequestError",
+    "RequestHooks",
     "RequestStatus",
     "RequestTimeoutError",
     "Requests",

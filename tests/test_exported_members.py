@@ -1,14 +1,35 @@
-"""Every package's ``__all__`` is importable and kept in the order ruff's RUF022 enforces."""
+"""Every package's ``__all__`` is importable and kept in the order ruff's RUF022 enforces.
+
+Every package counts: the top-level ones and each of their sub-packages (``researcher.requests``,
+``researcher.orchestration.store``...), found by walking them.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from types import ModuleType
 
 import pytest
 
-PACKAGES = ("broker_net", "node_agent", "researcher")
+TOP_LEVEL = ("broker_net", "node_agent", "researcher", "simulation")
+
+
+def _packages() -> tuple[str, ...]:
+    found = []
+    for name in TOP_LEVEL:
+        top = importlib.import_module(name)
+        found.append(name)
+        found += [
+            info.name
+            for info in pkgutil.walk_packages(top.__path__, prefix=f"{name}.")
+            if info.ispkg
+        ]
+    return tuple(found)
+
+
+PACKAGES = _packages()
 
 
 def _ruff_order(name: str) -> tuple[int, list[int | str]]:
@@ -44,6 +65,17 @@ def test_all_is_sorted(package: ModuleType) -> None:
 def test_every_exported_name_resolves(package: ModuleType) -> None:
     missing = [name for name in getattr(package, "__all__", []) if not hasattr(package, name)]
     assert missing == []
+
+
+def test_the_sub_packages_are_covered() -> None:
+    assert {
+        "researcher.cli",
+        "researcher.jobs",
+        "researcher.orchestration",
+        "researcher.orchestration.store",
+        "researcher.requests",
+        "simulation",
+    } <= set(PACKAGES)
 
 
 def test_ruff_order_example() -> None:

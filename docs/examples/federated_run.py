@@ -1,7 +1,7 @@
 """Await federated jobs from your own async code.
 
-Run it against node agents that hold the demo data (``node-agent demo-setup`` then
-``node-agent start``) and trust this researcher, with the researcher's settings in the
+Run it against node agents that hold the demo data (``broker-net-demo setup-node``
+then ``node-agent start``) and trust this researcher, with the researcher's settings in the
 environment (``BROKER_NET_RESEARCHER_*``) and the node ids as arguments::
 
     python docs/examples/federated_run.py hospital-a hospital-b
@@ -22,7 +22,7 @@ from researcher import (
     ResearcherSettings,
     StopOnError,
 )
-from researcher.demo_plan import BreastCancerPlan
+from simulation import BreastCancerPlan
 
 
 async def main(nodes: list[str]) -> None:

@@ -40,14 +40,14 @@ from node_agent.agent import NodeAgent
 from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
-from researcher.policies import (
+from researcher.requests.policies import (
     DiscardOnTimeout,
     NodeState,
     RequestStatus,
     StopOnStall,
     StopOnTimeout,
 )
-from researcher.requests import Requests
+from researcher.requests.router import Requests
 
 pytestmark = pytest.mark.anyio
 

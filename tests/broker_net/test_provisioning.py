@@ -21,8 +21,8 @@ from broker_net.provisioning import provision
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings
-from researcher.policies import DiscardOnTimeout, RequestStatus
-from researcher.requests import Requests
+from researcher.requests.policies import DiscardOnTimeout, RequestStatus
+from researcher.requests.router import Requests
 from tests.conftest import AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]

@@ -28,10 +28,10 @@ from broker_net.authentication import Security
 from broker_net.introductions import introduce
 from broker_net.topology import Topology
 from broker_net.training_plan import plan_source
-from node_agent.demo_setup import register_demo_shard
 from node_agent.plans import PlanRegistry
-from researcher.demo_plan import BreastCancerPlan
-from researcher.requests import Requests
+from researcher.requests.router import Requests
+from simulation.demo_plan import BreastCancerPlan
+from simulation.demo_setup import register_demo_shard
 from tests.support.cluster import ClusterError, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,12 +17,12 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from researcher.demo_plan import BreastCancerPlan
 from researcher.errors import RequestError
-from researcher.experiment import Experiment, ExperimentResult, RoundRecord
-from researcher.jobs import RequestHooks
-from researcher.policies import DiscardOnTimeout
-from researcher.requests import Requests
+from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.policies import DiscardOnTimeout
+from researcher.requests.router import Requests
+from simulation.demo_plan import BreastCancerPlan
 from tests.cluster.conftest import VHOST, Federation
 from tests.support.cluster import LocalCluster
 

@@ -125,7 +125,7 @@ def test_each_node_keeps_its_data_in_a_named_volume_of_its_own(
 def test_the_researcher_runs_the_demo_on_the_node_folders(services: dict[str, Any]) -> None:
     researcher = services["researcher"]
     argv = command(researcher)
-    assert argv[:3] == ["python", "-m", "researcher.demo"]
+    assert argv[:2] == ["broker-net-demo", "run"]
     external = argv[argv.index("--external-nodes") + 1].split(",")
     root = argv[argv.index("--node-data-root") + 1]
     assert sorted(external) == sorted(nodes(services))
@@ -143,7 +143,7 @@ def test_each_node_sets_up_its_own_shard_and_then_serves(services: dict[str, Any
         assert argv[:2] == ["sh", "-c"]
         setup, _, start = argv[2].partition(" && ")
         setup_args = shlex.split(setup)
-        assert setup_args[:2] == ["node-agent", "demo-setup"]
+        assert setup_args[:2] == ["broker-net-demo", "setup-node"]
         assert int(setup_args[setup_args.index("--shards") + 1]) == len(nodes(services))
         shards.add(int(setup_args[setup_args.index("--shard") + 1]))
         # exec: the agent replaces the shell and receives SIGTERM from `docker compose stop`.

@@ -33,8 +33,8 @@ from broker_net.provisioning import (
 )
 from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
-from researcher.policies import RequestStatus
-from researcher.requests import Requests
+from researcher.requests.policies import RequestStatus
+from researcher.requests.router import Requests
 from tests.conftest import ADMIN, AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
 from tests.deploy.compose import (
     DEFINITIONS_FILE,

@@ -22,8 +22,8 @@ from node_agent.agent import NodeAgent
 from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
-from researcher.policies import DiscardOnTimeout, RequestStatus
-from researcher.requests import Requests
+from researcher.requests.policies import DiscardOnTimeout, RequestStatus
+from researcher.requests.router import Requests
 
 pytestmark = pytest.mark.anyio
 TOPOLOGY = Topology("agent")

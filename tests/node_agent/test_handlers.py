@@ -25,7 +25,7 @@ from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS, HEAVY_MESSAGE_TYPES
 from node_agent.settings import NodeSettings
-from researcher.analytics import combine_statistics
+from researcher.jobs.statistics import combine_statistics
 
 pytestmark = pytest.mark.anyio
 

@@ -24,8 +24,7 @@ from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings
-from researcher.policies import DiscardOnTimeout, RequestStatus
-from researcher.requests import Requests
+from researcher import DiscardOnTimeout, Requests, RequestStatus
 
 pytestmark = pytest.mark.anyio
 NODE = "n1"

@@ -31,9 +31,9 @@ from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
-from researcher.aggregation import fedavg
-from researcher.payloads import open_reply, seal_request
-from researcher.secagg import masked_update, unflatten
+from researcher.jobs.aggregation import fedavg
+from researcher.jobs.masked import masked_update, unflatten
+from researcher.jobs.payloads import open_reply, seal_request
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 
 from broker_net.amqp import AmqpTransport
 from broker_net.topology import Topology
-from researcher.requests import Requests
+from researcher.requests.router import Requests
 from tests.support.processes import AgentProcesses
 
 

@@ -1,0 +1,48 @@
+"""Federated jobs: one request each with its checks, FedAvg experiments, secure aggregation.
+
+- :mod:`~researcher.jobs.base`, :mod:`~researcher.jobs.analytics`,
+  :mod:`~researcher.jobs.preprocessing`, :mod:`~researcher.jobs.training`,
+  :mod:`~researcher.jobs.plans`: the jobs;
+- :mod:`~researcher.jobs.experiment`: rounds of federated averaging;
+- :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
+- :mod:`~researcher.jobs.payloads`: encrypted training payloads;
+- :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
+  the nodes answered.
+"""
+
+from researcher.jobs.aggregation import fedavg, weighted_metrics
+from researcher.jobs.analytics import FARequestJob, FAResult
+from researcher.jobs.base import Job
+from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.jobs.masked import masked_update, unflatten
+from researcher.jobs.payloads import open_reply, seal_request
+from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
+from researcher.jobs.secagg import SecureAggregation, default_threshold
+from researcher.jobs.statistics import combine_quantiles, combine_statistics
+from researcher.jobs.training import TrainingJob, TrainingResult
+
+__all__ = [
+    "Experiment",
+    "ExperimentResult",
+    "FARequestJob",
+    "FAResult",
+    "Job",
+    "PreprocRequestJob",
+    "PreprocResult",
+    "RoundRecord",
+    "SecureAggregation",
+    "TrainingJob",
+    "TrainingPlanApproveJob",
+    "TrainingPlanCheckJob",
+    "TrainingResult",
+    "combine_quantiles",
+    "combine_statistics",
+    "default_threshold",
+    "fedavg",
+    "masked_update",
+    "open_reply",
+    "seal_request",
+    "unflatten",
+    "weighted_metrics",
+]

@@ -1,0 +1,243 @@
+"""Experiment: N rounds of federated averaging over the nodes' datasets.
+
+::
+
+    experiment = Experiment(requests, plan=MyPlan, datasets={"n1": "dataset_..."}, rounds=10,
+                            training_args={"epochs": 2}, model_args={"n_features": 30})
+    result = await experiment.run()
+    print(result.rounds[-1].metrics, result.params)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from broker_net.messages import new_id
+from broker_net.training_plan import TrainingPlan, plan_source
+from researcher.errors import RequestError
+from researcher.jobs.aggregation import fedavg, weighted_metrics
+from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.training import TrainingJob
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.ledger import NodeTiming
+from researcher.requests.policies import DiscardOnTimeout, Policy
+from researcher.requests.router import Requests
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round produced.
+
+    Attributes:
+        metrics: each node's local validation metrics.
+        aggregated_metrics: those metrics averaged, weighted by sample size.
+        timings: each node's round-trip, processing and queue-and-transit time.
+        failed: nodes left out of the round, with the reason.
+        secure_aggregation: the updates arrived masked and only their weighted sum was
+            unmasked.
+    """
+
+    round: int
+    nodes: list[str]
+    sample_sizes: dict[str, int]
+    metrics: dict[str, dict[str, float]]
+    aggregated_metrics: dict[str, float]
+    timings: dict[str, NodeTiming]
+    failed: dict[str, str]
+    duration: float
+    request_id: str
+    secure_aggregation: bool = False
+
+
+@dataclass
+class ExperimentResult:
+    """The final parameters and the record of every round."""
+
+    experiment_id: str
+    params: dict[str, npt.NDArray[np.float64]]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    model_path: Path | None = None
+
+
+class Experiment:
+    """Federated averaging of a training plan over several nodes.
+
+    Args:
+        requests: a started :class:`Requests`.
+        plan: the training plan class; its source is sent to the nodes.
+        datasets: dataset id on each node.
+        rounds: number of FedAvg rounds.
+        training_args: epochs, batch size, learning rate... for the plan's ``train``.
+        model_args: for the plan's ``init_model``.
+        state_ids: each node's preprocessing state to train on.
+        policies: when to stop waiting in each round (default: give a node 600 s).
+        min_replies: fewest successful nodes a round needs; fewer raises RequestError.
+        output_dir: where the final model and the round metrics are saved.
+        source: the plan's source as sent to the nodes (default: ``plan_source(plan)``).
+        hooks: gives the :class:`RequestHooks` of each round's request, by round number, to
+            record it or to resume it in another process.
+        secagg: aggregate with secure aggregation (see :mod:`researcher.jobs.secagg`): set up once
+            before the first round, each node then sends its update masked and the researcher
+            learns only their weighted average. A node failing a round is recovered from while
+            a strict majority remains. Needs security on every party.
+    """
+
+    def __init__(
+        self,
+        requests: Requests,
+        *,
+        plan: type[TrainingPlan],
+        datasets: Mapping[str, str],
+        rounds: int = 10,
+        training_args: Mapping[str, Any] | None = None,
+        model_args: Mapping[str, Any] | None = None,
+        state_ids: Mapping[str, str | None] | None = None,
+        policies: Sequence[Policy] | None = None,
+        min_replies: int = 1,
+        experiment_id: str | None = None,
+        initial_params: Mapping[str, npt.NDArray[Any]] | None = None,
+        output_dir: Path | None = None,
+        source: str | None = None,
+        hooks: Callable[[int], RequestHooks | None] | None = None,
+        secagg: bool = False,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError("an experiment needs at least one round")
+        if not datasets:
+            raise ValueError("an experiment needs at least one node dataset")
+        self.requests = requests
+        self.plan = plan
+        self.source = source if source is not None else plan_source(plan)
+        self.hooks = hooks
+        self.secagg = secagg
+        self.secure_aggregation: SecureAggregation | None = None
+        self.datasets = dict(datasets)
+        self.rounds = rounds
+        self.training_args = dict(training_args or {})
+        self.model_args = dict(model_args or {})
+        self.state_ids = dict(state_ids or {})
+        self.policies = list(policies) if policies is not None else [DiscardOnTimeout(600)]
+        self.min_replies = min_replies
+        self.experiment_id = experiment_id or new_id("experiment")
+        self.output_dir = output_dir
+        if initial_params is None:
+            model = plan()
+            model.init_model(self.model_args)
+            initial_params = model.get_params()
+        self.params = {name: np.asarray(value) for name, value in initial_params.items()}
+
+    async def run(
+        self, on_round: Callable[[RoundRecord], None] | None = None, *, first_round: int = 1
+    ) -> ExperimentResult:
+        """Run every round; call ``on_round`` after each.
+
+        Args:
+            on_round: called with each round's record, once the global parameters hold it.
+            first_round: start here, from the current parameters (to continue an experiment
+                whose earlier rounds ran before).
+
+        Raises:
+            RequestError: a round got fewer than ``min_replies`` successful nodes.
+        """
+        result = ExperimentResult(self.experiment_id, self.params)
+        for number in range(first_round, self.rounds + 1):
+            record = await self.run_round(number)
+            result.rounds.append(record)
+            result.params = self.params
+            if on_round is not None:
+                on_round(record)
+        if self.output_dir is not None:
+            result.model_path = self.save(result)
+        return result
+
+    async def run_round(self, number: int) -> RoundRecord:
+        """Run one round and replace the global parameters by the FedAvg of the updates."""
+        started = time.monotonic()
+        secagg = await self._secure_aggregation() if self.secagg else None
+        job = TrainingJob(
+            self.requests,
+            experiment_id=self.experiment_id,
+            round_number=number,
+            training_plan=self.source,
+            training_plan_class=self.plan.__name__,
+            params=self.params,
+            datasets=self.datasets,
+            training_args=self.training_args,
+            model_args=self.model_args,
+            state_ids=self.state_ids,
+            policies=self.policies,
+            hooks=self.hooks(number) if self.hooks is not None else None,
+            secagg_arguments=(
+                dict.fromkeys(self.datasets, secagg.arguments(number - 1)) if secagg else None
+            ),
+        )
+        outcome = await job.execute()
+        usable = {n: r for n, r in outcome.replies.items() if r.params and r.sample_size}
+        if len(usable) < self.min_replies:
+            raise RequestError(
+                f"round {number}: {len(usable)} node(s) answered, {self.min_replies} needed; "
+                + "; ".join(f"{node}: {why}" for node, why in outcome.failed.items()),
+                request_id=outcome.request_id,
+            )
+        if secagg is not None:
+            self.params, survivors = await secagg.fedavg(number - 1, usable)
+            usable = {node: usable[node] for node in survivors}
+        sizes = {node: int(reply.sample_size or 0) for node, reply in usable.items()}
+        if secagg is None:
+            self.params = fedavg(
+                [reply.params or {} for reply in usable.values()], [sizes[n] for n in usable]
+            )
+        metrics = {node: dict(reply.metrics) for node, reply in usable.items()}
+        record = RoundRecord(
+            round=number,
+            nodes=sorted(usable),
+            sample_sizes=sizes,
+            metrics=metrics,
+            aggregated_metrics=weighted_metrics(metrics, sizes),
+            timings=outcome.timings,
+            failed=outcome.failed,
+            duration=time.monotonic() - started,
+            request_id=outcome.request_id,
+            secure_aggregation=secagg is not None,
+        )
+        logger.info("round %d: %s", number, record.aggregated_metrics)
+        return record
+
+    async def _secure_aggregation(self) -> SecureAggregation:
+        """The experiment's secure aggregation, set up with every node on first use; round
+        ``n`` of the experiment is round ``n - 1`` of its context."""
+        if self.secure_aggregation is None:
+            secagg = SecureAggregation(
+                self.requests,
+                experiment_id=self.experiment_id,
+                nodes=list(self.datasets),
+                rounds=self.rounds,
+            )
+            await secagg.setup()
+            self.secure_aggregation = secagg
+        return self.secure_aggregation
+
+    def save(self, result: ExperimentResult) -> Path:
+        """Write the final model (``model.npz``) and the round metrics (``rounds.json``)."""
+        assert self.output_dir is not None
+        folder = self.output_dir / self.experiment_id
+        folder.mkdir(parents=True, exist_ok=True)
+        model_path = folder / "model.npz"
+        np.savez(model_path, **result.params)  # type: ignore[arg-type]
+        rounds = [
+            {**asdict(record), "timings": {n: asdict(t) for n, t in record.timings.items()}}
+            for record in result.rounds
+        ]
+        (folder / "rounds.json").write_text(json.dumps(rounds, indent=2, default=str))
+        return model_path

@@ -1,0 +1,75 @@
+"""Orchestration: job specs, the job store, the scheduler running them, and their outputs.
+
+- :mod:`~researcher.orchestration.fedjob`: :class:`FedJob`, a job defined in Python;
+- :mod:`~researcher.orchestration.spec` and :mod:`~researcher.orchestration.task_specs`: the
+  job spec and its tasks;
+- :mod:`~researcher.orchestration.scheduler`, :mod:`~researcher.orchestration.startup`,
+  :mod:`~researcher.orchestration.dag` and :mod:`~researcher.orchestration.tasks`: running
+  stored jobs;
+- :mod:`~researcher.orchestration.lifecycle`: the states of jobs and tasks;
+- :mod:`~researcher.orchestration.store`: where jobs are kept;
+- :mod:`~researcher.orchestration.outputs`: a job's outputs as plain data.
+"""
+
+from researcher.orchestration.dag import fill_inputs
+from researcher.orchestration.fedjob import DEMO_DATASET_TAG, FedJob, JobResult
+from researcher.orchestration.lifecycle import State, TransitionError, check_transition
+from researcher.orchestration.outputs import OutputError
+from researcher.orchestration.scheduler import Scheduler, cancel_unfinished, stop_job
+from researcher.orchestration.spec import (
+    DatasetSelector,
+    Inheritance,
+    JobConf,
+    JobSpec,
+    PlanSpec,
+    SimulatedDataset,
+)
+from researcher.orchestration.startup import JobStartError
+from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.task_specs import (
+    ALL_NODES,
+    AnalyticsTask,
+    OutputRef,
+    PlanApprovalTask,
+    PlanCheckTask,
+    PreprocessingTask,
+    SpecError,
+    TaskSpec,
+    TrainingTask,
+)
+from researcher.orchestration.tasks import Approver, TaskContext, TaskError, run_task
+
+__all__ = [
+    "ALL_NODES",
+    "DEMO_DATASET_TAG",
+    "AnalyticsTask",
+    "Approver",
+    "DatasetSelector",
+    "FedJob",
+    "Inheritance",
+    "JobConf",
+    "JobResult",
+    "JobSpec",
+    "JobStartError",
+    "JobStore",
+    "OutputError",
+    "OutputRef",
+    "PlanApprovalTask",
+    "PlanCheckTask",
+    "PlanSpec",
+    "PreprocessingTask",
+    "Scheduler",
+    "SimulatedDataset",
+    "SpecError",
+    "State",
+    "TaskContext",
+    "TaskError",
+    "TaskSpec",
+    "TrainingTask",
+    "TransitionError",
+    "cancel_unfinished",
+    "check_transition",
+    "fill_inputs",
+    "run_task",
+    "stop_job",
+]

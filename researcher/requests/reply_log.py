@@ -1,0 +1,81 @@
+"""Replies that no running request takes: late ones, and parked ones.
+
+A reply is *late* when its request already ended for that node: it is kept in a bounded log,
+never put into another request's results. A reply to a request id this process has not sent is
+*parked*: perhaps an earlier process sent that request and a job will resume it under the same
+id (see ``already_sent`` in :meth:`Requests.send <researcher.requests.router.Requests.send>`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from broker_net.messages import utc_now
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LateReply:
+    """A reply that arrived after its request had ended for that node."""
+
+    request_id: str
+    node_id: str
+    message: Any
+    arrived_at: datetime
+
+
+ParkedReply = tuple[str, Any, float]
+"""A parked reply: the node id, the message and its monotonic arrival time."""
+
+
+class ReplyLog:
+    """Late and parked replies of one researcher.
+
+    Args:
+        late_size: late replies kept, the oldest dropped first.
+        parked_limit: parked replies kept; beyond it the oldest request's go to the late log.
+        ended_size: ended request ids remembered, to tell a late reply from a parked one.
+    """
+
+    def __init__(
+        self, *, late_size: int = 1000, parked_limit: int = 10_000, ended_size: int = 10_000
+    ) -> None:
+        self.late: deque[LateReply] = deque(maxlen=late_size)
+        self._ended: deque[str] = deque(maxlen=ended_size)
+        self._parked: dict[str, list[ParkedReply]] = {}
+        self._parked_limit = parked_limit
+
+    def end(self, request_id: str) -> None:
+        """Remember that ``request_id`` ended: its later replies are late."""
+        self._ended.append(request_id)
+
+    def ended(self, request_id: str) -> bool:
+        """True when ``request_id`` ended in this process."""
+        return request_id in self._ended
+
+    def keep_late(self, request_id: str, node: str, message: Any) -> None:
+        """Log a reply that came after its request ended for ``node``."""
+        logger.info("late reply to %s from node %s kept in the late-reply log", request_id, node)
+        self.late.append(LateReply(request_id, node, message, utc_now()))
+
+    def park(self, request_id: str, node: str, message: Any, arrived: float) -> None:
+        """Keep a reply to a request this process did not send, until one claims it."""
+        logger.info("parking a reply to unknown request %s from node %s", request_id, node)
+        self._parked.setdefault(request_id, []).append((node, message, arrived))
+        while sum(len(v) for v in self._parked.values()) > self._parked_limit:
+            oldest = next(iter(self._parked))
+            for parked_node, parked, _ in self._parked.pop(oldest):
+                self.keep_late(oldest, parked_node, parked)
+
+    def take_parked(self, request_id: str) -> list[ParkedReply]:
+        """Remove and return the replies parked for ``request_id``."""
+        return self._parked.pop(request_id, [])
+
+    def parked(self) -> dict[str, list[tuple[str, Any]]]:
+        """The parked replies (node id, message) by request id."""
+        return {rid: [(n, m) for n, m, _ in entries] for rid, entries in self._parked.items()}

@@ -1,0 +1,301 @@
+"""Requests: send one request to many nodes and collect their replies under policies.
+
+::
+
+    async with AmqpTransport(url) as transport, Requests(transport, "alice") as requests:
+        async with requests.send(PingRequest(researcher_id="alice"), ["n1", "n2"],
+                                 [DiscardOnTimeout(2)]) as fed:
+            print(fed.replies(), fed.status(), fed.timings())
+
+One consumer on the researcher's durable reply queue serves every request; replies are matched
+on (request id, node id) and routed to the running
+:class:`~researcher.requests.federated.FederatedRequest` of that id. A reply for a request that
+already ended goes to the late-reply log, never into another request's results; a second reply
+from the same node is ignored; a reply to an unknown request is parked until a resumed request
+claims it (:mod:`researcher.requests.reply_log`). A second consumer reads the nodes'
+heartbeats into a :class:`~researcher.requests.presence.PresenceTable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from broker_net.authentication import Security
+from broker_net.chunking import TransferProgress
+from broker_net.envelope import Authenticator, EnvelopeHeader
+from broker_net.frames import FrameRefused, open_frame, read_message
+from broker_net.messages import (
+    ErrorMessage,
+    Heartbeat,
+    PingRequest,
+    RequestMessage,
+    field_value,
+    utc_now,
+)
+from broker_net.topology import Topology
+from broker_net.transport import Delivery, Transport
+from researcher.requests.federated import FederatedRequest, MessagesByNode
+from researcher.requests.hooks import RequestHooks
+from researcher.requests.ledger import Receipt
+from researcher.requests.policies import DiscardOnTimeout, Policy
+from researcher.requests.presence import NodePresence, PresenceTable
+from researcher.requests.reply_log import LateReply, ReplyLog
+
+logger = logging.getLogger(__name__)
+
+
+class Requests:
+    """The researcher's side of the network: sends requests, routes replies, tracks nodes.
+
+    Args:
+        transport: a connected transport.
+        researcher_id: this researcher's id; names its reply queue.
+        topology: names of exchanges and queues (namespace, queue type).
+        default_timeout: seconds after which a node is given up on when the caller's policies
+            set no timeout of their own; no wait is ever unbounded.
+        heartbeat_patience: heartbeat intervals a node may miss before it counts as gone.
+        presence_check_interval: seconds between liveness checks for StopOnDisconnect.
+        security: this researcher's identity and trusted nodes; every request is then
+            authenticated and every reply and heartbeat verified before it is decoded.
+
+    Attributes:
+        late_replies: replies that came after their request ended for their node.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        researcher_id: str,
+        *,
+        topology: Topology | None = None,
+        default_timeout: float = 600.0,
+        heartbeat_patience: float = 3.0,
+        presence_check_interval: float = 0.5,
+        reply_prefetch: int = 512,
+        security: Security | None = None,
+        late_reply_log_size: int = 1000,
+    ) -> None:
+        self.transport = transport
+        self.security = security
+        self.researcher_id = researcher_id
+        self.topology = topology or Topology()
+        self.default_timeout = default_timeout
+        self.presence = PresenceTable(patience=heartbeat_patience)
+        self.presence_check_interval = presence_check_interval
+        self.consumer_checks_per_tick = 16
+        self._replies = ReplyLog(late_size=late_reply_log_size)
+        self.late_replies: deque[LateReply] = self._replies.late
+        self.reply_queue = self.topology.researcher_queue(researcher_id).name
+        self._reply_prefetch = reply_prefetch
+        self._pending: dict[str, FederatedRequest] = {}
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.transport.declare(*self.topology.researcher_declarations(self.researcher_id))
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        await self._task_group.start(self._consume_replies)
+        await self._task_group.start(self._consume_presence)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(*exc_info)
+
+    def send(
+        self,
+        messages: RequestMessage | MessagesByNode,
+        nodes: Sequence[str] | None = None,
+        policies: Iterable[Policy] = (),
+        *,
+        expiration: float | None = None,
+        request_id: str | None = None,
+        already_sent: Mapping[str, datetime] | None = None,
+        hooks: RequestHooks | None = None,
+    ) -> FederatedRequest:
+        """Prepare a federated request; ``async with`` it to send and wait.
+
+        Args:
+            messages: one message for every node, or a :class:`MessagesByNode`.
+            nodes: node ids; defaults to the keys of ``messages`` or to every online node.
+            policies: when to stop waiting (see :mod:`researcher.requests.policies`).
+            expiration: seconds after which an unclaimed request is dead-lettered by the
+                broker; defaults to the longest policy timeout.
+            request_id: reuse this id instead of a fresh one (to resume a request).
+            already_sent: nodes an earlier process already sent this request to, with the
+                send time; they are not sent again, their replies are collected from the
+                durable reply queue and their timeouts run from the original send.
+            hooks: called as the request is sent and answered; their ``request_id`` and
+                ``already_sent`` act as the arguments of the same names.
+
+        Raises:
+            ValueError: a node has no message, or is named twice; or ``request_id`` or
+                ``already_sent`` is given twice, differently.
+        """
+        return FederatedRequest(
+            self, messages, nodes, list(policies), expiration, request_id, already_sent, hooks
+        )
+
+    async def request(
+        self,
+        messages: RequestMessage | MessagesByNode,
+        nodes: Sequence[str] | None = None,
+        policies: Iterable[Policy] = (),
+        *,
+        expiration: float | None = None,
+        request_id: str | None = None,
+        already_sent: Mapping[str, datetime] | None = None,
+        hooks: RequestHooks | None = None,
+    ) -> FederatedRequest:
+        """Send and wait; return the finished :class:`FederatedRequest` (see :meth:`send`)."""
+        async with self.send(
+            messages, nodes, policies, expiration=expiration, request_id=request_id,
+            already_sent=already_sent, hooks=hooks,
+        ) as fed:  # fmt: skip
+            return fed
+
+    async def ping(
+        self, nodes: Sequence[str] | None = None, timeout: float = 5.0
+    ) -> FederatedRequest:
+        """Ping ``nodes`` (default: every node seen online) and wait at most ``timeout``."""
+        return await self.request(
+            PingRequest(researcher_id=self.researcher_id), nodes, [DiscardOnTimeout(timeout)]
+        )
+
+    async def list_nodes(self) -> list[NodePresence]:
+        """Every node that ever sent a heartbeat, with its last one."""
+        await anyio.lowlevel.checkpoint()
+        return self.presence.all()
+
+    async def wait_for_nodes(self, nodes: Iterable[str], timeout: float) -> None:
+        """Wait until every node in ``nodes`` has been seen online.
+
+        Raises:
+            TimeoutError: some node did not show up within ``timeout`` seconds.
+        """
+        wanted = set(nodes)
+        with anyio.fail_after(timeout):
+            while not wanted <= set(self.presence.online_ids()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+
+    def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
+        """Replies to requests this process did not send, by request id, until a resumed
+        request claims them."""
+        return self._replies.parked()
+
+    def authenticator_for(self, node: str) -> Authenticator | None:
+        """How messages to ``node`` are authenticated (None with security off)."""
+        return None if self.security is None else self.security.authenticator_for(node)
+
+    # --- the interface of FederatedRequest -----------------------------------------------------
+
+    def track(self, fed: FederatedRequest) -> None:
+        """Route the replies to ``fed``'s request id to ``fed`` until :meth:`untrack`."""
+        self._pending[fed.request_id] = fed
+
+    def deliver_parked(self, fed: FederatedRequest) -> None:
+        """Hand ``fed`` the replies parked under its request id (they came before it was
+        tracked: replies to an earlier process's request), with their arrival times."""
+        for node, message, arrived in self._replies.take_parked(fed.request_id):
+            if fed.deliver(node, message, arrived) is Receipt.LATE:
+                self._replies.keep_late(fed.request_id, node, message)
+
+    def untrack(self, fed: FederatedRequest) -> None:
+        """Stop routing replies to ``fed``: those that come later are late replies."""
+        if self._pending.pop(fed.request_id, None) is not None:
+            self._replies.end(fed.request_id)
+
+    # --- reply and presence consumers ----------------------------------------------------------
+
+    async def _consume_replies(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        queue = self.topology.researcher_queue(self.researcher_id)
+        async with self.transport.consume(
+            queue, prefetch=self._reply_prefetch, on_progress=self._on_progress
+        ) as deliveries:
+            task_status.started()
+            async for delivery in deliveries:
+                self._dispatch_reply(delivery)
+                await delivery.ack()
+
+    def _on_progress(self, progress: TransferProgress) -> None:
+        # Chunk headers are not authenticated: progress only ever postpones a timeout.
+        fed = self._pending.get(progress.correlation_id or "")
+        node = progress.headers.get("sender")
+        if fed is not None and isinstance(node, str):
+            fed.progress(node, time.monotonic())
+
+    def _on_failed_transfer(self, delivery: Delivery, refused: FrameRefused) -> None:
+        """A reply arrived broken (e.g. TRANSFER_CORRUPTED): an error from its node."""
+        node = delivery.headers.get("sender")
+        fed = self._pending.get(delivery.correlation_id or "")
+        logger.warning(
+            "dropping a reply to %s from node %s that could not be reassembled: %s %s",
+            delivery.correlation_id, node, refused.code.name, refused.reason,
+        )  # fmt: skip
+        if fed is not None and isinstance(node, str):
+            error = ErrorMessage(
+                request_id=fed.request_id,
+                researcher_id=self.researcher_id,
+                node_id=node,
+                code=refused.code,
+                message=f"the reply could not be received: {refused.reason}",
+            )
+            if fed.deliver(node, error) is Receipt.LATE:
+                self._replies.keep_late(fed.request_id, node, error)
+
+    def _open(self, delivery: Delivery, what: str) -> tuple[EnvelopeHeader, Any] | None:
+        """Open, authenticate and decode a delivery; None (logged) when it must be dropped."""
+        try:
+            incoming = open_frame(delivery, verifier=self.security)
+            return incoming.header, read_message(incoming)
+        except FrameRefused as refused:
+            if refused.stage == "transfer":
+                self._on_failed_transfer(delivery, refused)
+            else:
+                logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
+            return None
+
+    def _dispatch_reply(self, delivery: Delivery) -> None:
+        opened = self._open(delivery, "reply")
+        if opened is None:
+            return
+        header, message = opened
+        node = header.sender_id
+        fields = vars(message)
+        if "node_id" in fields and fields["node_id"] != node:
+            logger.warning("dropping a reply whose sender %s claims to be node %s", node,
+                           fields["node_id"])  # fmt: skip
+            return
+        request_id = field_value(message, "request_id") or header.request_id
+        fed = self._pending.get(request_id) if request_id else None
+        if fed is not None:
+            if fed.deliver(node, message) is Receipt.LATE:
+                self._replies.keep_late(fed.request_id, node, message)
+        elif request_id is not None and self._replies.ended(request_id):
+            self._replies.keep_late(request_id, node, message)
+        else:
+            # Perhaps a request an earlier process sent, that a job will resume: keep it.
+            self._replies.park(request_id or "", node, message, time.monotonic())
+
+    async def _consume_presence(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        queue = self.topology.presence_queue(self.researcher_id)
+        async with self.transport.consume(queue, prefetch=256) as deliveries:
+            task_status.started()
+            async for delivery in deliveries:
+                opened = self._open(delivery, "heartbeat")
+                if opened is not None:
+                    header, beat = opened
+                    if isinstance(beat, Heartbeat) and beat.node_id == header.sender_id:
+                        self.presence.update(
+                            beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
+                        )
+                await delivery.ack()
