@@ -16,9 +16,10 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.authentication import Security
 from broker_net.chunking import TransferFailure, failure
 from broker_net.codec import MessageValidationError, decode_message, encode_parts
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.identities import MisdirectedMessageError, ReplayedMessageError
 from broker_net.envelope import (
     Authenticator,
     Envelope,
@@ -45,7 +46,6 @@ from broker_net.messages import (
     field_value,
     utc_now,
 )
-from broker_net.security import MisdirectedMessageError, ReplayedMessageError
 from broker_net.topology import Topology
 from broker_net.transport import Body, Delivery, OutgoingMessage, Transport
 from broker_net.version import __version__

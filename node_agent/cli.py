@@ -11,7 +11,7 @@ import anyio
 import typer
 
 from broker_net.amqp import AmqpTransport
-from broker_net.cli_identity import identity_commands
+from broker_net.crypto.cli import identity_commands
 from broker_net.errors import TransportError
 from broker_net.logs import configure_logging
 from node_agent.agent import NodeAgent

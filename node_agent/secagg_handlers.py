@@ -22,12 +22,12 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
+from broker_net.crypto.identities import Identity
+from broker_net.crypto.masking import MaskedVector
+from broker_net.crypto.secagg import SecaggContext, SecaggKeys
+from broker_net.crypto.secagg_node import SecaggNode
 from broker_net.errors import SecurityError
-from broker_net.masking import MaskedVector
 from broker_net.messages import ErrorCode, FARequest, SecaggReply, SecaggRequest, TrainRequest
-from broker_net.secagg import SecaggContext, SecaggKeys
-from broker_net.secagg_node import SecaggNode
-from broker_net.security import Identity
 from node_agent.analytics import AnalyticsArgumentError, plan_statistics
 from node_agent.context import HandlerError, NodeContext
 from node_agent.datasets import Table

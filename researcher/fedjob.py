@@ -37,8 +37,8 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology, check_id
 from broker_net.training_plan import TrainingPlan, plan_source

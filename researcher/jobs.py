@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker_net.encryption import DecryptionError
+from broker_net.crypto.encryption import DecryptionError
+from broker_net.crypto.identities import UnknownKeyError
 from broker_net.messages import (
     ApprovalReply,
     ApprovalRequest,
@@ -33,7 +34,6 @@ from broker_net.messages import (
     TrainRequest,
     new_id,
 )
-from broker_net.security import UnknownKeyError
 from researcher.analytics import combine_statistics
 from researcher.errors import JobError, NodeErrorReply, NoReplyError
 from researcher.payloads import open_reply, seal_request

@@ -26,9 +26,9 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.authentication import Security
 from broker_net.chunking import TransferFailure, TransferProgress, failure
 from broker_net.codec import decode_message, encode_parts
+from broker_net.crypto.authentication import Security
 from broker_net.envelope import (
     Authenticator,
     Envelope,

@@ -36,7 +36,10 @@ from typing import Any, TypeGuard
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.masking import MaskedVector
+from broker_net.crypto.identities import BadSignatureError, UnknownKeyError
+from broker_net.crypto.masking import MaskedVector
+from broker_net.crypto.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys
+from broker_net.crypto.secagg_aggregator import SecaggAggregator, SecaggResult
 from broker_net.messages import (
     ErrorMessage,
     FAReply,
@@ -46,9 +49,6 @@ from broker_net.messages import (
     TrainReply,
     new_id,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys
-from broker_net.secagg_aggregator import SecaggAggregator, SecaggResult
-from broker_net.security import BadSignatureError, UnknownKeyError
 from researcher.errors import SecureAggregationError
 from researcher.policies import DiscardOnTimeout, Policy, StopOnError
 from researcher.requests import MessagesByNode, Requests

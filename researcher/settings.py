@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
 from broker_net.failover import broker_urls
 from broker_net.topology import DEFAULT_NAMESPACE, Topology, check_id
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_net.introductions import introduce
+from broker_net.crypto.introductions import introduce
 from broker_net.training_plan import plan_source
 from node_agent.demo_setup import register_demo_shard
 from node_agent.plans import PlanRegistry

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.topology import Topology
 from broker_net.training_plan import plan_source
 from node_agent.demo_setup import register_demo_shard

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from broker_net.authentication import Security
 from broker_net.codec import decode_message, encode
-from broker_net.encryption import DecryptionError
-from broker_net.masking import decode_fixed_point
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.encryption import DecryptionError
+from broker_net.crypto.identities import Identity, TrustStore
+from broker_net.crypto.masking import decode_fixed_point
+from broker_net.crypto.secagg import RevealedShares, SecaggContext, SecaggKeys
+from broker_net.crypto.secagg_aggregator import SecaggAggregator
 from broker_net.messages import (
     ErrorCode,
     FARequest,
@@ -24,9 +27,6 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggKeys
-from broker_net.secagg_aggregator import SecaggAggregator
-from broker_net.security import Identity, TrustStore
 from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS

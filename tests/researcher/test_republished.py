@@ -16,9 +16,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.envelope import EnvelopeHeader, amqp_headers, seal
-from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorCode, ErrorMessage, PingReply, PingRequest
 from broker_net.topology import Topology

@@ -11,9 +11,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
-from broker_net.masking import decode_fixed_point
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
+from broker_net.crypto.masking import decode_fixed_point
 from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
 from broker_net.training_plan import LogisticRegressionPlan, plan_source

@@ -14,8 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker_net.messages import ErrorCode
-from broker_net.security import (
+from broker_net.crypto.identities import (
     BadSignatureError,
     Identity,
     KeyFileError,
@@ -23,6 +22,7 @@ from broker_net.security import (
     TrustStore,
     UnknownKeyError,
 )
+from broker_net.messages import ErrorCode
 
 FINGERPRINT = re.compile(r"^([0-9a-f]{4}:){7}[0-9a-f]{4}$")
 
