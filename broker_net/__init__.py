@@ -3,6 +3,7 @@
 Everything public is importable from here: ``from broker_net import TrainRequest, encode``.
 """
 
+from broker_net.admin.management import ManagementClient
 from broker_net.amqp import AmqpTransport
 from broker_net.chunking import Chunking, TransferProgress
 from broker_net.codec import (
@@ -42,7 +43,6 @@ from broker_net.errors import (
     TransportError,
     UnroutableError,
 )
-from broker_net.management import ManagementClient
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import (
     MESSAGE_TYPES,

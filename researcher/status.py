@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
+from broker_net.admin.management import ManagementClient
 from broker_net.errors import BrokerAccessError
-from broker_net.management import ManagementClient
 from broker_net.transport import Transport
 from researcher.presence import NodePresence
 from researcher.requests import Requests
