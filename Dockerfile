@@ -25,6 +25,7 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 COPY broker_net ./broker_net
 COPY node_agent ./node_agent
 COPY researcher ./researcher
+COPY training_plans ./training_plans
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 # A user of its own; the folders compose mounts volumes on belong to it, so that new volumes

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from broker_net.messages import ListReply, ListRequest, PreprocStep, PreprocType
 from broker_net.sample_data import TARGET, breast_cancer
-from broker_net.training_plan import plan_source
 from researcher.demo_plan import BreastCancerPlan
 from researcher.errors import JobError
 from researcher.experiment import Experiment, ExperimentResult, RoundRecord
@@ -25,6 +24,7 @@ from researcher.jobs import (
 )
 from researcher.policies import DiscardOnTimeout, StopOnError
 from researcher.requests import Requests
+from training_plans.plan import plan_source
 
 Approver = Callable[[str, str], Awaitable[None]]
 """``await approve(node_id, plan_id)``: what a node's operator does to approve a plan."""

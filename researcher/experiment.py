@@ -22,13 +22,13 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.messages import new_id
-from broker_net.training_plan import TrainingPlan, plan_source
 from researcher.aggregation import fedavg, weighted_metrics
 from researcher.errors import RequestError
 from researcher.jobs import RequestHooks, TrainingJob
 from researcher.policies import DiscardOnTimeout, Policy
 from researcher.requests import NodeTiming, Requests
 from researcher.secagg import SecureAggregation
+from training_plans.plan import TrainingPlan, plan_source
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from broker_net.crypto.authentication import Security
 from broker_net.crypto.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology, check_id
-from broker_net.training_plan import TrainingPlan, plan_source
 from node_agent.agent import NodeAgent
 from node_agent.datasets import DatasetRegistry
 from node_agent.demo_setup import DEMO_TAG, register_demo_shard
@@ -64,6 +63,7 @@ from researcher.spec import (
 )
 from researcher.store import JobStore, RoundRow
 from researcher.tasks import Approver
+from training_plans.plan import TrainingPlan, plan_source
 
 T = TypeVar("T", bound=TaskSpec)
 

@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.messages import PreprocStep, TrainingPlanStatus
-from broker_net.training_plan import TrainingPlan
 from researcher.errors import RequestError
 from researcher.experiment import Experiment, RoundRecord
 from researcher.jobs import (
@@ -48,6 +47,7 @@ from researcher.spec import (
     TrainingTask,
 )
 from researcher.store import JobStore, NodeResult, RoundRow, now_text
+from training_plans.plan import TrainingPlan
 
 logger = logging.getLogger(__name__)
 

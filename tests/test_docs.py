@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from broker_net.crypto.introductions import introduce
-from broker_net.training_plan import plan_source
 from node_agent.demo_setup import register_demo_shard
 from node_agent.plans import PlanRegistry
 from researcher.demo_plan import BreastCancerPlan
+from training_plans.plan import plan_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ["site-1", "site-2"]

@@ -8,7 +8,14 @@ from types import ModuleType
 
 import pytest
 
-PACKAGES = ("broker_net", "node_agent", "researcher")
+PACKAGES = (
+    "broker_net",
+    "broker_net.admin",
+    "broker_net.crypto",
+    "node_agent",
+    "researcher",
+    "training_plans",
+)
 
 
 def _ruff_order(name: str) -> tuple[int, list[int | str]]:

@@ -27,12 +27,12 @@ from broker_net.amqp import AmqpTransport
 from broker_net.crypto.authentication import Security
 from broker_net.crypto.introductions import introduce
 from broker_net.topology import Topology
-from broker_net.training_plan import plan_source
 from node_agent.demo_setup import register_demo_shard
 from node_agent.plans import PlanRegistry
 from researcher.demo_plan import BreastCancerPlan
 from researcher.requests import Requests
 from tests.support.cluster import ClusterError, LocalCluster
+from training_plans.plan import plan_source
 
 ROOT = Path(__file__).resolve().parents[2]
 VHOST = "broker-net-faults"

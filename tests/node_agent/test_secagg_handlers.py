@@ -27,13 +27,14 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
 from researcher.aggregation import fedavg
 from researcher.payloads import open_reply, seal_request
 from researcher.secagg import masked_update, unflatten
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +45,7 @@ ALICE = Security(RESEARCHER, TrustStore(tuple(i.public() for i in IDENTITIES.val
 
 AUX_PLAN = """
 import numpy as np
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans.logistic import LogisticRegressionPlan
 
 
 class AuxPlan(LogisticRegressionPlan):

@@ -16,7 +16,6 @@ from broker_net.crypto.introductions import introduce
 from broker_net.crypto.masking import decode_fixed_point
 from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.datasets import DatasetRegistry
 from researcher.aggregation import fedavg
 from researcher.experiment import Experiment
@@ -26,6 +25,8 @@ from researcher.policies import DiscardOnTimeout
 from researcher.requests import Requests
 from researcher.secagg import SecureAggregation, masked_update
 from tests.support.processes import AgentProcesses
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 NODES = ["n1", "n2", "n3"]
@@ -34,7 +35,7 @@ TRAINING_ARGS = {"epochs": 2, "learning_rate": 0.01, "batch_size": 16}
 
 AUX_PLAN = """
 import numpy as np
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans.logistic import LogisticRegressionPlan
 
 
 class AuxPlan(LogisticRegressionPlan):
