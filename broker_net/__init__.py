@@ -5,7 +5,7 @@ Everything public is importable from here: ``from broker_net import TrainRequest
 
 from broker_net.admin.management import ManagementClient
 from broker_net.amqp import AmqpTransport
-from broker_net.chunking import Chunking, TransferProgress
+from broker_net.chunking import Chunking
 from broker_net.codec import (
     CONTENT_TYPE,
     DEFAULT_MAX_SIZE,
@@ -81,7 +81,7 @@ from broker_net.messages import (
     utc_now,
 )
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
-from broker_net.transport import Delivery, OutgoingMessage, Transport
+from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
 from broker_net.version import PROTOCOL_VERSION, __version__
 
 __all__ = [

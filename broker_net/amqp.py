@@ -37,7 +37,6 @@ from aio_pika.abc import (
 
 from broker_net.chunking import (
     Chunking,
-    ProgressCallback,
     ReassembledStream,
     Reassembler,
     publish_chunked,
@@ -53,7 +52,7 @@ from broker_net.errors import (
 from broker_net.failover import broker_urls, connect_failover, redact
 from broker_net.inbox import Inbox
 from broker_net.topology import ExchangeSpec, QueueSpec
-from broker_net.transport import Delivery, OutgoingMessage
+from broker_net.transport import Delivery, OutgoingMessage, ProgressCallback
 
 logger = logging.getLogger(__name__)
 

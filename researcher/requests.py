@@ -26,7 +26,7 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.chunking import TransferFailure, TransferProgress, failure
+from broker_net.chunking import TransferFailure, failure
 from broker_net.codec import decode_message, encode_parts
 from broker_net.crypto.authentication import Security
 from broker_net.envelope import (
@@ -49,7 +49,7 @@ from broker_net.messages import (
     utc_now,
 )
 from broker_net.topology import Topology
-from broker_net.transport import Delivery, OutgoingMessage, Transport
+from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
 from researcher.policies import (
     DiscardOnTimeout,
     NodeState,
