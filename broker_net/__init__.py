@@ -1,6 +1,9 @@
 """broker-net: typed federated-learning messages over RabbitMQ.
 
-Everything public is importable from here: ``from broker_net import TrainRequest, encode``.
+What a user needs is importable from here: ``from broker_net import TrainRequest, encode``. The
+framing internals (body parts, AMQP headers, the msgpack extension) stay in their modules;
+:mod:`broker_net.crypto` holds the rest of security and secure aggregation and
+:mod:`broker_net.admin` the broker administration.
 """
 
 from broker_net.admin.management import ManagementClient
@@ -9,24 +12,21 @@ from broker_net.chunking import Chunking
 from broker_net.codec import (
     CONTENT_TYPE,
     DEFAULT_MAX_SIZE,
-    NDARRAY_EXT,
     MessageValidationError,
     check_protocol_version,
     decode,
     decode_message,
     encode,
-    encode_parts,
-    to_message,
 )
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.identities import Identity, PublicIdentity, TrustStore
 from broker_net.envelope import (
     ENVELOPE_VERSION,
     Authenticator,
     Envelope,
     EnvelopeHeader,
     Role,
-    amqp_headers,
     seal,
-    seal_parts,
     unseal,
 )
 from broker_net.errors import (
@@ -75,13 +75,11 @@ from broker_net.messages import (
     TrainingPlanStatusRequest,
     TrainReply,
     TrainRequest,
-    field_value,
-    message_adapter,
     new_id,
     utc_now,
 )
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
-from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
+from broker_net.transport import Delivery, TransferProgress, Transport
 from broker_net.version import PROTOCOL_VERSION, __version__
 
 __all__ = [
@@ -90,7 +88,6 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "ENVELOPE_VERSION",
     "MESSAGE_TYPES",
-    "NDARRAY_EXT",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",
     "AmqpTransport",
@@ -116,6 +113,7 @@ __all__ = [
     "FAReply",
     "FARequest",
     "Heartbeat",
+    "Identity",
     "ListReply",
     "ListRequest",
     "ManagementClient",
@@ -123,7 +121,6 @@ __all__ = [
     "MemoryTransport",
     "MessageTooLargeError",
     "MessageValidationError",
-    "OutgoingMessage",
     "PingReply",
     "PingRequest",
     "PreprocReply",
@@ -131,6 +128,7 @@ __all__ = [
     "PreprocStep",
     "PreprocType",
     "ProtocolVersionError",
+    "PublicIdentity",
     "PublishError",
     "QueueSpec",
     "ReplyMessage",
@@ -139,6 +137,7 @@ __all__ = [
     "SecaggReply",
     "SecaggRequest",
     "SecaggStep",
+    "Security",
     "SecurityError",
     "Topology",
     "TrainReply",
@@ -149,21 +148,16 @@ __all__ = [
     "TransferProgress",
     "Transport",
     "TransportError",
+    "TrustStore",
     "UnroutableError",
     "__version__",
-    "amqp_headers",
     "check_id",
     "check_protocol_version",
     "decode",
     "decode_message",
     "encode",
-    "encode_parts",
-    "field_value",
-    "message_adapter",
     "new_id",
     "seal",
-    "seal_parts",
-    "to_message",
     "unseal",
     "utc_now",
 ]
