@@ -26,6 +26,7 @@ COPY broker_net ./broker_net
 COPY node_agent ./node_agent
 COPY researcher ./researcher
 COPY simulation ./simulation
+COPY training_plans ./training_plans
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 # A user of its own; the folders compose mounts volumes on belong to it, so that new volumes

@@ -254,7 +254,7 @@ def _security_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
     """The round trip with every envelope authenticated, against raw and against ours
     without security."""
     try:
-        from broker_net.introductions import introduce
+        from broker_net.crypto.introductions import introduce
     except ImportError:
         return [row("round trip p50, security on (not available)", 1.0, 1.0, "ms", None)]
     pings = ["--repeat", str(settings.pings), "--warmup", "50"]

@@ -38,13 +38,13 @@ import numpy as np
 from rich.console import Console
 
 from bench import Row, row
+from broker_net.admin.management import ManagementClient
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.identities import Identity, TrustStore
 from broker_net.errors import TransportError
-from broker_net.management import ManagementClient
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import TrainReply, TrainRequest
-from broker_net.security import Identity, TrustStore
 from broker_net.topology import Topology
 from broker_net.transport import Transport
 from node_agent.agent import NodeAgent

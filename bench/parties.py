@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.swarm import swarm
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
 from broker_net.messages import PingRequest, TrainReply, TrainRequest
 from broker_net.topology import Topology
 from researcher.requests.policies import DiscardOnTimeout

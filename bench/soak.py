@@ -45,10 +45,10 @@ import anyio
 import numpy as np
 
 from bench.swarm import ECHO_HANDLERS
+from broker_net.admin.management import ManagementClient
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
-from broker_net.management import ManagementClient
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent

@@ -70,7 +70,7 @@ async def swarm(
         handlers: handlers for every agent (default: the built-in ones, echoing training).
         security: authenticate every message; each node then loads its identity and the
             researchers it trusts from its data folder (see
-            :func:`broker_net.introductions.introduce`).
+            :func:`broker_net.crypto.introductions.introduce`).
         chunking: the chunking of every connection.
         heartbeat_interval: seconds between each agent's heartbeats.
 

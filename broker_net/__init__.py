@@ -1,23 +1,26 @@
 """broker-net: typed federated-learning messages over RabbitMQ.
 
-Everything public is importable from here: ``from broker_net import TrainRequest, encode``.
+What a user needs is importable from here: ``from broker_net import TrainRequest, encode``. The
+framing internals (body parts, AMQP headers, the msgpack extension) stay in their modules;
+:mod:`broker_net.crypto` holds the rest of security and secure aggregation and
+:mod:`broker_net.admin` the broker administration.
 """
 
+from broker_net.admin.management import ManagementClient
 from broker_net.amqp.transport import AmqpTransport
-from broker_net.chunking import Chunking, TransferProgress
+from broker_net.chunking import Chunking
 from broker_net.codec import (
     CONTENT_TYPE,
     DEFAULT_MAX_SIZE,
-    NDARRAY_EXT,
     MessageValidationError,
     check_protocol_version,
     decode,
     decode_message,
     encode,
-    encode_parts,
-    to_message,
 )
 from broker_net.codes import ErrorArea, ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.identities import Identity, PublicIdentity, TrustStore
 from broker_net.envelope import (
     ENVELOPE_VERSION,
     Authenticator,
@@ -25,7 +28,6 @@ from broker_net.envelope import (
     EnvelopeHeader,
     Role,
     seal,
-    seal_parts,
     unseal,
 )
 from broker_net.errors import (
@@ -42,8 +44,6 @@ from broker_net.errors import (
     TransportError,
     UnroutableError,
 )
-from broker_net.frames import amqp_headers
-from broker_net.management import ManagementClient
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import (
     MESSAGE_TYPES,
@@ -71,13 +71,11 @@ from broker_net.messages import (
     TrainingPlanStatusRequest,
     TrainReply,
     TrainRequest,
-    field_value,
-    message_adapter,
     new_id,
     utc_now,
 )
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
-from broker_net.transport import Delivery, OutgoingMessage, Transport
+from broker_net.transport import Delivery, TransferProgress, Transport
 from broker_net.version import PROTOCOL_VERSION, __version__
 
 __all__ = [
@@ -86,7 +84,6 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "ENVELOPE_VERSION",
     "MESSAGE_TYPES",
-    "NDARRAY_EXT",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",
     "AmqpTransport",
@@ -112,6 +109,7 @@ __all__ = [
     "FAReply",
     "FARequest",
     "Heartbeat",
+    "Identity",
     "ListReply",
     "ListRequest",
     "ManagementClient",
@@ -119,7 +117,6 @@ __all__ = [
     "MemoryTransport",
     "MessageTooLargeError",
     "MessageValidationError",
-    "OutgoingMessage",
     "PingReply",
     "PingRequest",
     "PreprocReply",
@@ -127,6 +124,7 @@ __all__ = [
     "PreprocStep",
     "PreprocType",
     "ProtocolVersionError",
+    "PublicIdentity",
     "PublishError",
     "QueueSpec",
     "ReplyMessage",
@@ -135,6 +133,7 @@ __all__ = [
     "SecaggReply",
     "SecaggRequest",
     "SecaggStep",
+    "Security",
     "SecurityError",
     "Topology",
     "TrainReply",
@@ -145,21 +144,16 @@ __all__ = [
     "TransferProgress",
     "Transport",
     "TransportError",
+    "TrustStore",
     "UnroutableError",
     "__version__",
-    "amqp_headers",
     "check_id",
     "check_protocol_version",
     "decode",
     "decode_message",
     "encode",
-    "encode_parts",
-    "field_value",
-    "message_adapter",
     "new_id",
     "seal",
-    "seal_parts",
-    "to_message",
     "unseal",
     "utc_now",
 ]

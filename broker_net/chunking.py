@@ -53,7 +53,7 @@ import anyio
 import numpy as np
 
 from broker_net.inbox import Inbox
-from broker_net.transport import Delivery, OutgoingMessage
+from broker_net.transport import Delivery, OutgoingMessage, ProgressCallback, TransferProgress
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +102,6 @@ class Chunking:
 
 
 @dataclass(frozen=True, slots=True)
-class TransferProgress:
-    """A chunk of a transfer arrived: who is sending what, and how far it is.
-
-    Attributes:
-        transfer_id: the transfer's ``x-transfer-id``.
-        message_id: the AMQP message id every chunk carries.
-        correlation_id: the request id every chunk carries.
-        headers: the AMQP headers of the chunk (the sender's, plus the chunk headers).
-        received: bytes received so far.
-        size: bytes announced.
-    """
-
-    transfer_id: str
-    message_id: str | None
-    correlation_id: str | None
-    headers: dict[str, Any]
-    received: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
 class TransferFailure:
     """Why a transfer handed up with an empty body was refused.
 
@@ -141,9 +120,6 @@ def failure(delivery: Delivery) -> TransferFailure | None:
     if code is None:
         return None
     return TransferFailure(str(code), str(delivery.headers.get(TRANSFER_ERROR_REASON, "")))
-
-
-ProgressCallback = Callable[[TransferProgress], None]
 
 
 # --- sending -----------------------------------------------------------------------------------

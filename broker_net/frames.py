@@ -25,6 +25,7 @@ from broker_net.codec import (
     encode_parts,
 )
 from broker_net.codes import ErrorCode
+from broker_net.crypto.identities import MisdirectedMessageError, ReplayedMessageError
 from broker_net.envelope import Authenticator, Envelope, EnvelopeHeader, seal_parts, unseal
 from broker_net.errors import (
     BrokerNetError,
@@ -34,7 +35,6 @@ from broker_net.errors import (
     SecurityError,
 )
 from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, field_value
-from broker_net.security import MisdirectedMessageError, ReplayedMessageError
 from broker_net.transport import Body, Delivery, OutgoingMessage
 
 RefusalStage: TypeAlias = Literal["transfer", "envelope", "authentication", "message"]

@@ -21,7 +21,6 @@ import anyio
 
 from broker_net.chunking import (
     Chunking,
-    ProgressCallback,
     ReassembledStream,
     Reassembler,
     publish_chunked,
@@ -29,7 +28,7 @@ from broker_net.chunking import (
 from broker_net.errors import ConnectionLostError, PublishError, TransportError, UnroutableError
 from broker_net.inbox import Inbox
 from broker_net.topology import ExchangeKind, ExchangeSpec, QueueSpec
-from broker_net.transport import Delivery, OutgoingMessage
+from broker_net.transport import Delivery, OutgoingMessage, ProgressCallback
 
 
 @dataclass(slots=True)

@@ -256,7 +256,7 @@ class TrainReply(_Reply):
 # --- secure aggregation ------------------------------------------------------------------------
 
 SecaggStep: TypeAlias = Literal["keys", "shares", "deliver", "reveal"]
-"""The exchanges of secure aggregation, in order (see :mod:`broker_net.secagg`)."""
+"""The exchanges of secure aggregation, in order (see :mod:`broker_net.crypto.secagg`)."""
 
 
 class SecaggRequest(_Request):
@@ -264,7 +264,7 @@ class SecaggRequest(_Request):
 
     What each ``step`` carries:
 
-    - ``keys``: ``context``, a :class:`~broker_net.secagg.SecaggContext` as a dict. The node
+    - ``keys``: ``context``, a :class:`~broker_net.crypto.secagg.SecaggContext` as a dict. The node
       draws its seeds and answers its signed public keys.
     - ``shares``: ``public_keys``, every participant's keys as the researcher relays them. The
       node answers its seed shares, encrypted for each peer.

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias
 from broker_net.topology import ExchangeSpec, QueueSpec
 
 if TYPE_CHECKING:
-    from broker_net.chunking import ProgressCallback
     from broker_net.errors import TransportError
 
 
@@ -91,6 +90,31 @@ class Delivery:
         if not self.settled:
             self.settled = True
             await self._reject(requeue)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """A chunk of a transfer arrived: who is sending what, and how far it is.
+
+    Attributes:
+        transfer_id: the transfer's ``x-transfer-id``.
+        message_id: the AMQP message id every chunk carries.
+        correlation_id: the request id every chunk carries.
+        headers: the AMQP headers of the chunk (the sender's, plus the chunk headers).
+        received: bytes received so far.
+        size: bytes announced.
+    """
+
+    transfer_id: str
+    message_id: str | None
+    correlation_id: str | None
+    headers: dict[str, Any]
+    received: int
+    size: int
+
+
+ProgressCallback = Callable[[TransferProgress], None]
+"""What a consumer calls with each chunk of a transfer (see :mod:`broker_net.chunking`)."""
 
 
 class Transport(Protocol):

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.codec import decode, encode
-from broker_net.training_plan import TrainingPlan
+from training_plans.plan import TrainingPlan
 
 _T = TypeVar("_T")
 _MESSAGE_LIMIT = 500

@@ -17,7 +17,7 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
 from broker_net.messages import Heartbeat
 from broker_net.transport import Transport
 from node_agent.context import NodeContext

@@ -10,7 +10,7 @@ import anyio
 import typer
 
 from broker_net.amqp.transport import AmqpTransport
-from broker_net.cli_identity import identity_commands
+from broker_net.crypto.cli import identity_commands
 from broker_net.errors import TransportError
 from node_agent.agent import NodeAgent
 from node_agent.cli_dataset import dataset_app

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
-from broker_net.secagg_node import SecaggNode
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.secagg_node import SecaggNode
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import Security
 from broker_net.frames import FrameRefused, IncomingFrame, open_frame, read_message
 from broker_net.messages import REPLY_TYPES, field_value, utc_now
 from broker_net.transport import Delivery

@@ -2,7 +2,7 @@
 
 A :class:`~broker_net.messages.TrainRequest` may carry its optimizer auxiliary variables, and
 with ``encrypt_params`` its parameters, encrypted for this node
-(:func:`broker_net.encryption.encrypt_payload`). Each is bound to the experiment, round, this
+(:func:`broker_net.crypto.encryption.encrypt_payload`). Each is bound to the experiment, round, this
 node and the request id: a ciphertext replayed into another round, node or request is refused
 with DECRYPTION_FAILED. The node answers in kind: an encrypted auxiliary variable gets an
 encrypted one back, ``encrypt_params`` encrypted parameters, both for the researcher only.
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker_net.codes import ErrorCode
-from broker_net.encryption import (
+from broker_net.crypto.encryption import (
     AUX_VAR_PURPOSE,
     PARAMS_PURPOSE,
     DecryptionError,
@@ -23,8 +23,8 @@ from broker_net.encryption import (
     encrypt_payload,
     is_encrypted_payload,
 )
+from broker_net.crypto.identities import Identity, PublicIdentity, UnknownKeyError
 from broker_net.messages import TrainRequest
-from broker_net.security import Identity, PublicIdentity, UnknownKeyError
 from node_agent.context import HandlerError, NodeContext
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import Security
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.errors import CodecError, TransportError
 from broker_net.frames import IncomingFrame, frame, frame_sealed

@@ -1,7 +1,7 @@
 """Secure aggregation on the node: the setup exchanges, and the masking of what a round sends.
 
 :func:`handle_secagg` answers the four :class:`~broker_net.messages.SecaggRequest` steps with
-the node's :class:`~broker_net.secagg_node.SecaggNode` for that context, kept in memory in
+the node's :class:`~broker_net.crypto.secagg_node.SecaggNode` for that context, kept in memory in
 :attr:`NodeContext.secagg <node_agent.context.NodeContext.secagg>` under the researcher's id
 and the secagg id: another researcher cannot use or disturb it. The training and analytics
 handlers call :func:`secagg_node_for` before any work, so a request that cannot be masked is
@@ -23,12 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.codes import ErrorCode
+from broker_net.crypto.identities import Identity
+from broker_net.crypto.masking import MaskedVector
+from broker_net.crypto.secagg import SecaggContext, SecaggKeys
+from broker_net.crypto.secagg_node import SecaggNode
 from broker_net.errors import SecurityError
-from broker_net.masking import MaskedVector
 from broker_net.messages import FARequest, SecaggReply, SecaggRequest, TrainRequest
-from broker_net.secagg import SecaggContext, SecaggKeys
-from broker_net.secagg_node import SecaggNode
-from broker_net.security import Identity
 from node_agent.analytics import AnalyticsArgumentError, plan_statistics
 from node_agent.context import HandlerError, NodeContext
 from node_agent.datasets import Table

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
 from broker_net.settings import PartySettings
 from broker_net.topology import check_id
 

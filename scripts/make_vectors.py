@@ -41,10 +41,11 @@ import broker_net.chunking as chunking_module
 import broker_net.envelope as envelope_module
 import node_agent.dispatch as dispatch_module
 import node_agent.refusals as refusals_module
-from broker_net.authentication import Authenticators, Security, Verifier
 from broker_net.chunking import Chunking, publish_chunked
 from broker_net.codec import decode, encode
 from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
+from broker_net.crypto.authentication import Authenticators, Security, Verifier
+from broker_net.crypto.identities import Identity, PublicIdentity, TrustStore
 from broker_net.envelope import EnvelopeHeader, Role, seal, unseal
 from broker_net.frames import frame
 from broker_net.messages import (
@@ -69,7 +70,6 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
-from broker_net.security import Identity, PublicIdentity, TrustStore
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from broker_net.version import PROTOCOL_VERSION
@@ -348,7 +348,7 @@ def request_id(number: int) -> str:
 
 EXPERIMENT = "experiment-1"
 DATASET = "dataset_" + hashlib.sha256(b"cohort").hexdigest()[:32]
-PLAN_SOURCE = "from broker_net.training_plan import LogisticRegressionPlan\n"
+PLAN_SOURCE = "from training_plans import LogisticRegressionPlan\n"
 PLAN_ID = compute_plan_id(PLAN_SOURCE)
 RECEIVED, REPLIED = stamp(1700000000.125), stamp(1700000001.5)
 TABLE = Table(

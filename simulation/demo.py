@@ -27,9 +27,9 @@ import typer
 from rich.console import Console
 
 from broker_net.amqp.transport import AmqpTransport
-from broker_net.authentication import Security
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.errors import BrokerNetError
-from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent

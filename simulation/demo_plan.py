@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans.logistic import LogisticRegressionPlan
 
 
 class BreastCancerPlan(LogisticRegressionPlan):

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from broker_net.codes import PreprocStep, PreprocType
 from broker_net.messages import ListReply, ListRequest
-from broker_net.training_plan import plan_source
 from researcher.errors import JobError
 from researcher.jobs.analytics import FARequestJob
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
@@ -23,6 +22,7 @@ from researcher.requests.policies import DiscardOnTimeout, StopOnError
 from researcher.requests.router import Requests
 from simulation.demo_plan import BreastCancerPlan
 from simulation.sample_data import TARGET, breast_cancer
+from training_plans.plan import plan_source
 
 Approver = Callable[[str, str], Awaitable[None]]
 """``await approve(node_id, plan_id)``: what a node's operator does to approve a plan."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import anyio
 
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent

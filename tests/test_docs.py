@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from broker_net.introductions import introduce
-from broker_net.training_plan import plan_source
+from broker_net.crypto.introductions import introduce
 from node_agent.plans import PlanRegistry
 from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import register_demo_shard
+from training_plans.plan import plan_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ["site-1", "site-2"]

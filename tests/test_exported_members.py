@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-TOP_LEVEL = ("broker_net", "node_agent", "researcher", "simulation")
+TOP_LEVEL = ("broker_net", "node_agent", "researcher", "simulation", "training_plans")
 
 
 def _packages() -> tuple[str, ...]:

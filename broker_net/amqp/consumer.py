@@ -17,11 +17,11 @@ import anyio
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from broker_net.amqp.errors import RETRYABLE, translate
-from broker_net.chunking import Chunking, ProgressCallback, ReassembledStream, Reassembler
+from broker_net.chunking import Chunking, ReassembledStream, Reassembler
 from broker_net.errors import TransportError
 from broker_net.inbox import Inbox
 from broker_net.topology import QueueSpec
-from broker_net.transport import Delivery
+from broker_net.transport import Delivery, ProgressCallback
 
 logger = logging.getLogger(__name__)
 

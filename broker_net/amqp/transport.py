@@ -32,17 +32,13 @@ from broker_net.amqp.consumer import consume_queue
 from broker_net.amqp.errors import RETRYABLE, translate
 from broker_net.amqp.failover import broker_urls, connect_failover, redact
 from broker_net.amqp.publisher import ConfirmedPublisher
-from broker_net.chunking import (
-    Chunking,
-    ProgressCallback,
-    publish_chunked,
-)
+from broker_net.chunking import Chunking, publish_chunked
 from broker_net.errors import (
     ConnectionLostError,
     TransportError,
 )
 from broker_net.topology import ExchangeSpec, QueueSpec
-from broker_net.transport import Delivery, OutgoingMessage
+from broker_net.transport import Delivery, OutgoingMessage, ProgressCallback
 
 logger = logging.getLogger(__name__)
 

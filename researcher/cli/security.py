@@ -9,10 +9,10 @@ from typing import Annotated
 import anyio
 import typer
 
-from broker_net.cli_identity import identity_commands
+from broker_net.admin.management import ManagementClient
+from broker_net.admin.provisioning import provision
+from broker_net.crypto.cli import identity_commands
 from broker_net.errors import TransportError
-from broker_net.management import ManagementClient
-from broker_net.provisioning import provision
 from researcher.settings import ResearcherSettings
 
 

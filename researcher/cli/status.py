@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
+from broker_net.admin.management import ManagementClient
 from broker_net.errors import BrokerAccessError
-from broker_net.management import ManagementClient
 from broker_net.transport import Transport
 from researcher.requests.presence import NodePresence
 from researcher.requests.router import Requests

@@ -22,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.messages import new_id
-from broker_net.training_plan import TrainingPlan, plan_source
 from researcher.errors import RequestError
 from researcher.jobs.aggregation import fedavg, weighted_metrics
 from researcher.jobs.secagg import SecureAggregation
@@ -31,6 +30,7 @@ from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeTiming
 from researcher.requests.policies import DiscardOnTimeout, Policy
 from researcher.requests.router import Requests
+from training_plans.plan import TrainingPlan, plan_source
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any, TypeGuard
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.masking import MaskedVector
+from broker_net.crypto.masking import MaskedVector
+from broker_net.crypto.secagg_aggregator import SecaggResult
 from broker_net.messages import FAReply, TrainReply
-from broker_net.secagg_aggregator import SecaggResult
 from researcher.errors import SecureAggregationError
 
 logger = logging.getLogger(__name__)

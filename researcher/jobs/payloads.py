@@ -2,7 +2,7 @@
 
 :func:`seal_request` encrypts a :class:`~broker_net.messages.TrainRequest`'s optimizer
 auxiliary variables, and on demand its parameters, for the one node it goes to, bound to the
-experiment, round, node and request id (:class:`~broker_net.encryption.EncryptionContext`).
+experiment, round, node and request id (:class:`~broker_net.crypto.encryption.EncryptionContext`).
 The request id must therefore be chosen before sending. :func:`open_reply` decrypts what the
 node encrypted in return; a payload made for another round, node or request fails to decrypt.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker_net.authentication import Security
-from broker_net.encryption import (
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.encryption import (
     AUX_VAR_PURPOSE,
     PARAMS_PURPOSE,
     DecryptionError,
@@ -22,8 +22,8 @@ from broker_net.encryption import (
     encrypt_payload,
     is_encrypted_payload,
 )
+from broker_net.crypto.identities import UnknownKeyError
 from broker_net.messages import TrainReply, TrainRequest
-from broker_net.security import UnknownKeyError
 
 
 def seal_request(

@@ -1,6 +1,6 @@
 """Secure aggregation, driven by the researcher over the network.
 
-:class:`SecureAggregation` runs the protocol of :mod:`broker_net.secagg` with
+:class:`SecureAggregation` runs the protocol of :mod:`broker_net.crypto.secagg` with
 :class:`~broker_net.messages.SecaggRequest` messages. :meth:`~SecureAggregation.setup` is three
 federated requests, each under ``StopOnError`` and a timeout, which every invited node must
 answer:
@@ -36,7 +36,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.masking import MaskedVector
+from broker_net.crypto.identities import BadSignatureError, UnknownKeyError
+from broker_net.crypto.masking import MaskedVector
+from broker_net.crypto.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys
+from broker_net.crypto.secagg_aggregator import SecaggAggregator, SecaggResult
 from broker_net.messages import (
     ErrorMessage,
     FAReply,
@@ -46,9 +49,6 @@ from broker_net.messages import (
     TrainReply,
     new_id,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys
-from broker_net.secagg_aggregator import SecaggAggregator, SecaggResult
-from broker_net.security import BadSignatureError, UnknownKeyError
 from researcher.errors import SecureAggregationError
 from researcher.jobs.masked import masked_params, masked_statistics, statistics_from_sum, unflatten
 from researcher.requests.federated import MessagesByNode

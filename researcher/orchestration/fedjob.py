@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.topology import check_id
-from broker_net.training_plan import TrainingPlan, plan_source
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import (
@@ -53,6 +52,7 @@ from researcher.orchestration.task_specs import ALL_NODES, SpecError, TaskSpec
 from researcher.orchestration.tasks import Approver
 from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
+from training_plans.plan import TrainingPlan, plan_source
 
 T = TypeVar("T", bound=TaskSpec)
 

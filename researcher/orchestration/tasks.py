@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.codes import PreprocStep, TrainingPlanStatus
-from broker_net.training_plan import TrainingPlan
 from researcher.errors import RequestError
 from researcher.jobs.analytics import FARequestJob
 from researcher.jobs.experiment import Experiment, RoundRecord
@@ -46,6 +45,7 @@ from researcher.requests.federated import FederatedRequest
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.policies import DiscardOnTimeout, StopOnError
 from researcher.requests.router import Requests
+from training_plans.plan import TrainingPlan
 
 logger = logging.getLogger(__name__)
 

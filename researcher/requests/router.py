@@ -28,8 +28,7 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.authentication import Security
-from broker_net.chunking import TransferProgress
+from broker_net.crypto.authentication import Security
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
 from broker_net.messages import (
@@ -41,7 +40,7 @@ from broker_net.messages import (
     utc_now,
 )
 from broker_net.topology import Topology
-from broker_net.transport import Delivery, Transport
+from broker_net.transport import Delivery, TransferProgress, Transport
 from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import Receipt

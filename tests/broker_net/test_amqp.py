@@ -18,9 +18,9 @@ from urllib.parse import quote
 import anyio
 import pytest
 
+from broker_net.admin.management import ManagementClient
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import BrokerAccessError, ConnectionLostError, TransportError
-from broker_net.management import ManagementClient
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage
 from tests.conftest import ADMIN, AMQP_HOST, AMQP_PORT, MANAGEMENT_URL

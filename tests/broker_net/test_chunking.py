@@ -24,7 +24,6 @@ from broker_net.chunking import (
     Chunking,
     ReassembledStream,
     Reassembler,
-    TransferProgress,
     failure,
     publish_chunked,
 )
@@ -35,7 +34,7 @@ from broker_net.frames import amqp_headers
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorMessage, PingReply, PingRequest, TrainReply, TrainRequest
 from broker_net.topology import Topology
-from broker_net.transport import Delivery, OutgoingMessage, Transport
+from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
 from node_agent.agent import NodeAgent
 from node_agent.context import NodeContext
 from node_agent.handlers import HANDLERS

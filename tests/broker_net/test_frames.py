@@ -7,14 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from broker_net.authentication import Security
 from broker_net.chunking import TRANSFER_ERROR, TRANSFER_ERROR_REASON
 from broker_net.codec import encode
 from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.identities import Identity, TrustStore
 from broker_net.envelope import EnvelopeHeader, seal, seal_parts
 from broker_net.frames import FrameRefused, amqp_headers, frame, open_frame, read_message
 from broker_net.messages import PingRequest, TrainRequest
-from broker_net.security import Identity, TrustStore
 from broker_net.transport import Delivery, OutgoingMessage
 
 RESEARCHER = Identity.generate("lab", "researcher")

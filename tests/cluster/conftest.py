@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.topology import Topology
-from broker_net.training_plan import plan_source
 from node_agent.plans import PlanRegistry
 from researcher.requests.router import Requests
 from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import register_demo_shard
 from tests.support.cluster import ClusterError, LocalCluster
+from training_plans.plan import plan_source
 
 ROOT = Path(__file__).resolve().parents[2]
 VHOST = "broker-net-faults"

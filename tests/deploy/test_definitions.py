@@ -23,14 +23,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from broker_net.amqp import AmqpTransport
-from broker_net.errors import BrokerAccessError
-from broker_net.provisioning import (
+from broker_net.admin.provisioning import (
     NOTHING,
     Permissions,
     node_permissions,
     researcher_permissions,
 )
+from broker_net.amqp import AmqpTransport
+from broker_net.errors import BrokerAccessError
 from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
 from researcher.requests.policies import RequestStatus
@@ -122,7 +122,7 @@ def _union(patterns: list[str]) -> str:
 
 
 def expected_access() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The permissions and topic permissions broker_net/provisioning.py grants each user."""
+    """The permissions and topic permissions broker_net/admin/provisioning.py grants each user."""
     grants: list[tuple[str, list[Permissions]]] = [
         ("researcher", [researcher_permissions(TOPOLOGY, r) for r in RESEARCHER_IDS]),
         *((node, [node_permissions(TOPOLOGY, node)]) for node in NODES),

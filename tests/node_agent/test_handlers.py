@@ -21,11 +21,12 @@ from broker_net.messages import (
     TrainingPlanStatusRequest,
     TrainRequest,
 )
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS, HEAVY_MESSAGE_TYPES
 from node_agent.settings import NodeSettings
 from researcher.jobs.statistics import combine_statistics
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,11 @@ import aio_pika
 import anyio
 import pytest
 
-from broker_net.authentication import Security
 from broker_net.codec import decode_message
 from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.envelope import EnvelopeHeader, seal, unseal
-from broker_net.introductions import introduce
 from broker_net.messages import ErrorMessage, PingReply, PingRequest
 from broker_net.topology import Topology
 from tests.support.processes import AgentProcesses

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from broker_net.amqp.transport import AmqpTransport
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.memory import MemoryTransport
 from broker_net.messages import TrainRequest
 from broker_net.topology import Topology

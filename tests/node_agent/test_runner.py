@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.datasets import Table
 from node_agent.runner import (
     PlanFailedError,
@@ -21,6 +20,8 @@ from node_agent.runner import (
     check_training_table,
     run_training,
 )
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +37,7 @@ def plan(body: str, *, header: str = "") -> str:
     """Source of a plan class ``P`` built on the ready logistic regression."""
     return (
         textwrap.dedent(header)
-        + "\nfrom broker_net.training_plan import LogisticRegressionPlan\n\n"
+        + "\nfrom training_plans.logistic import LogisticRegressionPlan\n\n"
         + "class P(LogisticRegressionPlan):\n"
         + textwrap.indent(textwrap.dedent(body), "    ")
     )

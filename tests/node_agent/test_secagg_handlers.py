@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from broker_net.authentication import Security
 from broker_net.codec import decode_message, encode
 from broker_net.codes import ErrorCode
-from broker_net.encryption import DecryptionError
-from broker_net.masking import decode_fixed_point
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.encryption import DecryptionError
+from broker_net.crypto.identities import Identity, TrustStore
+from broker_net.crypto.masking import decode_fixed_point
+from broker_net.crypto.secagg import RevealedShares, SecaggContext, SecaggKeys
+from broker_net.crypto.secagg_aggregator import SecaggAggregator
 from broker_net.messages import (
     FARequest,
     SecaggReply,
@@ -24,16 +27,14 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggKeys
-from broker_net.secagg_aggregator import SecaggAggregator
-from broker_net.security import Identity, TrustStore
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS
 from node_agent.settings import NodeSettings
 from researcher.jobs.aggregation import fedavg
 from researcher.jobs.masked import masked_update, unflatten
 from researcher.jobs.payloads import open_reply, seal_request
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +45,7 @@ ALICE = Security(RESEARCHER, TrustStore(tuple(i.public() for i in IDENTITIES.val
 
 AUX_PLAN = """
 import numpy as np
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans import LogisticRegressionPlan
 
 
 class AuxPlan(LogisticRegressionPlan):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
-from broker_net.training_plan import plan_source
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
 from researcher.errors import NodeErrorReply
@@ -20,6 +19,7 @@ from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
 from simulation.demo_plan import BreastCancerPlan
 from tests.support.processes import AgentProcesses
+from training_plans.plan import plan_source
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 NODES = ["n1", "n2", "n3"]
@@ -95,7 +95,7 @@ async def test_an_unknown_dataset_is_a_clear_error(
 
 MARKER_PLAN = """
 from pathlib import Path
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans import LogisticRegressionPlan
 
 Path({marker!r}).write_text("executed")
 
@@ -171,7 +171,7 @@ async def test_an_approved_plan_trains(
 
 
 FAILING_PLAN = """
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans import LogisticRegressionPlan
 
 
 class FailingPlan(LogisticRegressionPlan):

@@ -11,12 +11,11 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
-from broker_net.masking import decode_fixed_point
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
+from broker_net.crypto.masking import decode_fixed_point
 from broker_net.messages import TrainRequest
 from broker_net.topology import Topology
-from broker_net.training_plan import LogisticRegressionPlan, plan_source
 from node_agent.datasets import DatasetRegistry
 from researcher.jobs.aggregation import fedavg
 from researcher.jobs.analytics import FARequestJob
@@ -28,6 +27,8 @@ from researcher.jobs.training import TrainingJob
 from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
 from tests.support.processes import AgentProcesses
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import plan_source
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 NODES = ["n1", "n2", "n3"]
@@ -36,7 +37,7 @@ TRAINING_ARGS = {"epochs": 2, "learning_rate": 0.01, "batch_size": 16}
 
 AUX_PLAN = """
 import numpy as np
-from broker_net.training_plan import LogisticRegressionPlan
+from training_plans.logistic import LogisticRegressionPlan
 
 
 class AuxPlan(LogisticRegressionPlan):

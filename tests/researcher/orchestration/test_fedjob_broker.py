@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from broker_net.amqp import AmqpTransport
-from broker_net.authentication import Security
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.topology import Topology
 from researcher.orchestration.fedjob import JobResult
 from researcher.orchestration.lifecycle import State

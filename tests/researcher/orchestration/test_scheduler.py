@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
-from broker_net.introductions import introduce
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import FARequest, PreprocRequest, TrainRequest
 from broker_net.topology import Topology

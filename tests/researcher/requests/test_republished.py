@@ -16,11 +16,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from broker_net.authentication import Security
 from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import Security
+from broker_net.crypto.introductions import introduce
 from broker_net.envelope import EnvelopeHeader, seal
 from broker_net.frames import amqp_headers
-from broker_net.introductions import introduce
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorMessage, PingReply, PingRequest
 from broker_net.topology import Topology

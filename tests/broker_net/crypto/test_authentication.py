@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker_net.authentication import (
+from broker_net.codes import ErrorCode
+from broker_net.crypto.authentication import (
     BROADCAST,
     MAC_ALGORITHM,
     SIGNATURE_ALGORITHM,
@@ -21,11 +22,7 @@ from broker_net.authentication import (
     MacAuthenticator,
     Verifier,
 )
-from broker_net.codes import ErrorCode
-from broker_net.envelope import Authenticator, EnvelopeHeader, seal, seal_parts, unseal
-from broker_net.errors import EnvelopeError, SecurityError
-from broker_net.messages import Heartbeat, PingRequest
-from broker_net.security import (
+from broker_net.crypto.identities import (
     BadSignatureError,
     ExpiredMessageError,
     Identity,
@@ -36,6 +33,9 @@ from broker_net.security import (
     UnknownKeyError,
     UnsignedMessageError,
 )
+from broker_net.envelope import Authenticator, EnvelopeHeader, seal, seal_parts, unseal
+from broker_net.errors import EnvelopeError, SecurityError
+from broker_net.messages import Heartbeat, PingRequest
 
 NOW = 1_800_000_000.0
 RESEARCHER = Identity.generate("lab", "researcher")

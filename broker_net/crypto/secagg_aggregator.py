@@ -1,6 +1,6 @@
 """The researcher's side of secure aggregation: relay keys and shares, then unmask the sum.
 
-See :mod:`broker_net.secagg` for the protocol. The :class:`SecaggAggregator` never holds a
+See :mod:`broker_net.crypto.secagg` for the protocol. The :class:`SecaggAggregator` never holds a
 node's seeds before the round they mask is over, and then only the seeds the protocol gives up:
 the self seeds of the nodes it heard from and the key seeds of the nodes that dropped out.
 """
@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from broker_net.masking import (
+from broker_net.crypto.identities import TrustStore, UnknownKeyError
+from broker_net.crypto.masking import (
     MaskedVector,
     MaskStreams,
     decode_fixed_point,
@@ -22,8 +23,13 @@ from broker_net.masking import (
     self_mask_key,
     shamir_combine,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys, pair_key
-from broker_net.security import TrustStore, UnknownKeyError
+from broker_net.crypto.secagg import (
+    RevealedShares,
+    SecaggContext,
+    SecaggError,
+    SecaggKeys,
+    pair_key,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker_net.codec import decode, encode
 from broker_net.codes import ErrorCode
+from broker_net.crypto.identities import Identity, PublicIdentity
 from broker_net.errors import DecodeError, SecurityError
-from broker_net.security import Identity, PublicIdentity
 
 _VERSION = 1
 _LABEL = b"broker-net/encrypt/v1"

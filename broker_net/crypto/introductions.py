@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from broker_net.crypto.identities import Identity, PublicIdentity
 from broker_net.envelope import Role
-from broker_net.security import Identity, PublicIdentity
 
 
 def trust(identity: PublicIdentity, trust_dir: Path) -> Path:

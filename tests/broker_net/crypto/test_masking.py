@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from broker_net.masking import (
+from broker_net.crypto.masking import (
     PRIME,
     MaskStreams,
     decode_fixed_point,

@@ -22,9 +22,7 @@ import msgpack
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from broker_net.envelope import Authenticator, Envelope, Role
-from broker_net.errors import SecurityError
-from broker_net.security import (
+from broker_net.crypto.identities import (
     BadSignatureError,
     ExpiredMessageError,
     Identity,
@@ -36,6 +34,8 @@ from broker_net.security import (
     UnknownKeyError,
     UnsignedMessageError,
 )
+from broker_net.envelope import Authenticator, Envelope, Role
+from broker_net.errors import SecurityError
 
 MAC_ALGORITHM = "hmac-sha256-x25519"
 """``auth_alg`` of envelopes MACed under a pairwise key."""

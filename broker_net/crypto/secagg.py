@@ -22,8 +22,9 @@ rounds, and the self mask keeps hiding a vector that arrives after its sender wa
 dropped. The researcher is trusted to follow the protocol; nodes that pin their peers' keys
 (``peer_trust``) also stop it from standing in for a peer.
 
-This module holds what the parties agree on and exchange; :mod:`broker_net.secagg_node` and
-:mod:`broker_net.secagg_aggregator` hold each side, :mod:`broker_net.masking` the arithmetic.
+This module holds what the parties agree on and exchange;
+:mod:`broker_net.crypto.secagg_node` and :mod:`broker_net.crypto.secagg_aggregator` hold each
+side, :mod:`broker_net.crypto.masking` the arithmetic.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker_net.codes import ErrorCode
-from broker_net.encryption import EncryptionContext
+from broker_net.crypto.encryption import EncryptionContext
+from broker_net.crypto.identities import PublicIdentity
+from broker_net.crypto.masking import SHARE_SIZE, pair_mask_key
 from broker_net.errors import SecurityError
-from broker_net.masking import SHARE_SIZE, pair_mask_key
-from broker_net.security import PublicIdentity
 
 _LABEL = b"broker-net/secagg/v1/"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from broker_net.codec import encode
 from broker_net.codes import ErrorCode
-from broker_net.encryption import (
+from broker_net.crypto.encryption import (
     DecryptionError,
     EncryptionContext,
     decrypt_arrays,
@@ -19,8 +19,8 @@ from broker_net.encryption import (
     encrypt_arrays,
     encrypt_for,
 )
+from broker_net.crypto.identities import Identity
 from broker_net.errors import DecodeError
-from broker_net.security import Identity
 
 NODE = Identity.generate("hospital-a", "node")
 RESEARCHER = Identity.generate("lab", "researcher")

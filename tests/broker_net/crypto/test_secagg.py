@@ -12,18 +12,24 @@ from hypothesis import strategies as st
 
 from broker_net.codec import decode, encode
 from broker_net.codes import ErrorCode
-from broker_net.encryption import DecryptionError
-from broker_net.masking import (
+from broker_net.crypto.encryption import DecryptionError
+from broker_net.crypto.identities import BadSignatureError, Identity, TrustStore, UnknownKeyError
+from broker_net.crypto.masking import (
     MaskedVector,
     MaskStreams,
     decode_fixed_point,
     round_key,
     shamir_combine,
 )
-from broker_net.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys, pair_key
-from broker_net.secagg_aggregator import SecaggAggregator, SecaggResult
-from broker_net.secagg_node import SecaggNode
-from broker_net.security import BadSignatureError, Identity, TrustStore, UnknownKeyError
+from broker_net.crypto.secagg import (
+    RevealedShares,
+    SecaggContext,
+    SecaggError,
+    SecaggKeys,
+    pair_key,
+)
+from broker_net.crypto.secagg_aggregator import SecaggAggregator, SecaggResult
+from broker_net.crypto.secagg_node import SecaggNode
 
 
 def _wire(value: object) -> dict:  # type: ignore[type-arg]

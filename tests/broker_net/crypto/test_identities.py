@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker_net.codes import ErrorCode
-from broker_net.security import (
+from broker_net.crypto.identities import (
     BadSignatureError,
     Identity,
     KeyFileError,

@@ -13,11 +13,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from broker_net.admin.management import ManagementClient
+from broker_net.admin.provisioning import provision
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import BrokerAccessError
-from broker_net.management import ManagementClient
 from broker_net.messages import PingRequest
-from broker_net.provisioning import provision
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings

@@ -3,8 +3,8 @@
 Each party holds an :class:`Identity`: an Ed25519 key that signs and an X25519 key that agrees
 on secrets. Its :class:`PublicIdentity` is one line of JSON, self-signed, that an operator copies
 into the other side's trust file. A :class:`TrustStore` holds those lines: nothing is trusted on
-first use and no key ships with the library. :mod:`broker_net.authentication` uses both to
-authenticate envelopes; :mod:`broker_net.encryption` to encrypt payloads.
+first use and no key ships with the library. :mod:`broker_net.crypto.authentication` uses both
+to authenticate envelopes; :mod:`broker_net.crypto.encryption` to encrypt payloads.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from broker_net.management import ManagementClient
+from broker_net.admin.management import ManagementClient
 from broker_net.topology import Topology, check_id
 
 NOTHING = "^$"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from broker_net.training_plan import LogisticRegressionPlan, TrainingPlan, plan_source
+from training_plans.logistic import LogisticRegressionPlan
+from training_plans.plan import TrainingPlan, plan_source
 
 
 class DampedPlan(LogisticRegressionPlan):
@@ -118,7 +121,7 @@ def run_source(source: str, class_name: str) -> type[TrainingPlan]:
 
 def test_plan_source_of_a_ready_plan_is_an_import():
     source = plan_source(LogisticRegressionPlan)
-    assert source == "from broker_net.training_plan import LogisticRegressionPlan\n"
+    assert source == "from training_plans import LogisticRegressionPlan\n"
     assert run_source(source, "LogisticRegressionPlan") is LogisticRegressionPlan
 
 
@@ -127,7 +130,7 @@ def test_plan_source_of_a_researcher_plan_is_self_contained():
 
     assert "import numpy as np" in source
     assert "from sklearn.datasets import load_breast_cancer" in source
-    assert "from broker_net.training_plan import" in source
+    assert "from training_plans.logistic import LogisticRegressionPlan" in source
     assert "import pytest" not in source
     assert "class DampedPlan(LogisticRegressionPlan)" in source
     assert source.index("class DampedPlan") < source.index("class DoublyDampedPlan")
@@ -143,3 +146,25 @@ def test_plan_source_of_a_researcher_plan_is_self_contained():
 def test_plan_source_refuses_other_classes():
     with pytest.raises(TypeError):
         plan_source(int)  # type: ignore[arg-type]
+
+
+def test_plan_source_imports_the_package_when_the_module_does_not(tmp_path, monkeypatch):
+    (tmp_path / "guarded_plan.py").write_text(
+        "import numpy as np\n"
+        "\n"
+        "if True:  # an import plan_source cannot copy\n"
+        "    from training_plans.logistic import LogisticRegressionPlan\n"
+        "\n"
+        "\n"
+        "class GuardedPlan(LogisticRegressionPlan):\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("guarded_plan")
+    try:
+        source = plan_source(module.GuardedPlan)
+    finally:
+        sys.modules.pop("guarded_plan", None)
+
+    assert source.startswith("import numpy as np\nfrom training_plans import *\n")
+    assert issubclass(run_source(source, "GuardedPlan"), LogisticRegressionPlan)

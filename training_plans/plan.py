@@ -1,9 +1,10 @@
 """Training plans: the model code a researcher sends for nodes to run on their data.
 
-A researcher subclasses :class:`TrainingPlan` (or the ready :class:`LogisticRegressionPlan`) and
-sends its source, from :func:`plan_source`, with each training request. A node runs it only if
-its operator approved that exact source, in a child process, with numpy, scikit-learn and this
-module available. Parameters travel as ``dict[str, numpy.ndarray]``; the researcher averages
+A researcher subclasses :class:`TrainingPlan` (or the ready
+:class:`~training_plans.logistic.LogisticRegressionPlan`) and sends its source, from
+:func:`plan_source`, with each training request. A node runs it only if its operator approved
+that exact source, in a child process, with numpy, scikit-learn and the :mod:`training_plans`
+package available. Parameters travel as ``dict[str, numpy.ndarray]``; the researcher averages
 them across nodes (FedAvg) between rounds.
 
 Usage::
@@ -32,16 +33,19 @@ Params = dict[str, npt.NDArray[np.float64]]
 
 __all__ = [
     "ALLOWED_IMPORT_ROOTS",
-    "LogisticRegressionPlan",
     "Params",
     "TrainingPlan",
     "plan_source",
 ]
 
+_PACKAGE = __name__.rpartition(".")[0]
+"""``training_plans``, the package a plan's source imports the base and the ready plans from."""
+
 ALLOWED_IMPORT_ROOTS = frozenset(
     {"__future__", "numpy", "sklearn", "scipy", "math", "typing", "collections", "dataclasses"}
 )
-"""Packages whose imports :func:`plan_source` copies into a plan's source, besides this module."""
+"""Packages whose imports :func:`plan_source` copies into a plan's source, besides
+:mod:`training_plans`."""
 
 
 class TrainingPlan(ABC):
@@ -95,87 +99,12 @@ class TrainingPlan(ABC):
         return {}
 
 
-class LogisticRegressionPlan(TrainingPlan):
-    """Binary logistic regression trained by mini-batch gradient descent, in numpy.
-
-    Deterministic: batches are shuffled with ``numpy.random.default_rng(seed)``.
-
-    ``model_args``: ``n_features`` (required). ``training_args``: ``epochs`` (1), ``batch_size``
-    (32), ``learning_rate`` (0.1), ``l2`` (0.0, weight decay), ``seed`` (0). Targets are 0 or 1.
-    Parameters: ``coef`` (n_features,) and ``intercept`` (1,).
-    """
-
-    def __init__(self) -> None:
-        self.coef = np.zeros(0, dtype=np.float64)
-        self.intercept = np.zeros(1, dtype=np.float64)
-
-    def init_model(self, model_args: Mapping[str, Any]) -> None:
-        """Start from zero weights for ``model_args["n_features"]`` features."""
-        self.coef = np.zeros(int(model_args["n_features"]), dtype=np.float64)
-        self.intercept = np.zeros(1, dtype=np.float64)
-
-    def get_params(self) -> Params:
-        """Return copies of ``coef`` and ``intercept``."""
-        return {"coef": self.coef.copy(), "intercept": self.intercept.copy()}
-
-    def set_params(self, params: Mapping[str, npt.NDArray[Any]]) -> None:
-        """Set ``coef`` and ``intercept``.
-
-        Raises:
-            ValueError: a parameter is missing or has the wrong shape.
-        """
-        coef = np.array(params["coef"], dtype=np.float64)
-        intercept = np.array(params["intercept"], dtype=np.float64).reshape(1)
-        if coef.shape != self.coef.shape:
-            raise ValueError(f"'coef' must have shape {self.coef.shape}, not {coef.shape}")
-        self.coef, self.intercept = coef, intercept
-
-    def _probabilities(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        logits = np.clip(x @ self.coef + self.intercept[0], -500.0, 500.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
-
-    def train(
-        self,
-        x: npt.NDArray[np.float64],
-        y: npt.NDArray[np.float64],
-        training_args: Mapping[str, Any],
-    ) -> dict[str, float]:
-        """Run ``epochs`` passes of mini-batch gradient descent on the log loss.
-
-        Returns:
-            ``{"loss": ...}``, the mean log loss on ``x`` after training.
-        """
-        epochs = int(training_args.get("epochs", 1))
-        batch_size = max(1, int(training_args.get("batch_size", 32)))
-        rate = float(training_args.get("learning_rate", 0.1))
-        l2 = float(training_args.get("l2", 0.0))
-        rng = np.random.default_rng(int(training_args.get("seed", 0)))
-        for _ in range(epochs):
-            order = rng.permutation(len(y))
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                error = self._probabilities(x[batch]) - y[batch]
-                self.coef -= rate * (x[batch].T @ error / len(batch) + l2 * self.coef)
-                self.intercept -= rate * float(np.mean(error))
-        return {"loss": self._log_loss(x, y)}
-
-    def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
-        """Return the mean log loss and the accuracy on ``x`` and ``y``."""
-        if len(y) == 0:
-            return {}
-        predicted = self._probabilities(x) >= 0.5
-        return {"loss": self._log_loss(x, y), "accuracy": float(np.mean(predicted == (y >= 0.5)))}
-
-    def _log_loss(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
-        p = np.clip(self._probabilities(x), 1e-12, 1.0 - 1e-12)
-        return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
-
-
 def plan_source(cls: type[TrainingPlan]) -> str:
     """Return self-contained source of a training plan class, to send to nodes.
 
-    A class of this module becomes a one-line import. Otherwise the source holds the imports of
-    the class's module from :data:`ALLOWED_IMPORT_ROOTS`, then each class of its ancestry
+    A class of the :mod:`training_plans` package becomes a one-line import from the package.
+    Otherwise the source holds the imports of the class's module from
+    :data:`ALLOWED_IMPORT_ROOTS` or :mod:`training_plans`, then each class of its ancestry
     defined in that same module, base first. Anything else the class uses at module level
     (helpers, constants, other imports) is not included: keep plans self-contained.
 
@@ -185,8 +114,8 @@ def plan_source(cls: type[TrainingPlan]) -> str:
     """
     if not (isinstance(cls, type) and issubclass(cls, TrainingPlan)):
         raise TypeError(f"{cls!r} is not a TrainingPlan subclass")
-    if cls.__module__ == __name__:
-        return f"from {__name__} import {cls.__name__}\n"
+    if _is_ours(cls.__module__):
+        return f"from {_PACKAGE} import {cls.__name__}\n"
     module = sys.modules.get(cls.__module__)
     try:
         module_source = inspect.getsource(module) if module is not None else ""
@@ -198,8 +127,8 @@ def plan_source(cls: type[TrainingPlan]) -> str:
     except (OSError, TypeError) as exc:
         raise ValueError(f"the source of {cls.__qualname__} is not available: {exc}") from exc
     imports = _allowed_imports(module_source) if module_source else []
-    if not any("broker_net.training_plan" in line for line in imports):
-        imports.append(f"from {__name__} import *")
+    if not any(_PACKAGE in line for line in imports):
+        imports.append(f"from {_PACKAGE} import *")
     return "\n".join(imports) + "\n\n\n" + "\n\n".join(classes)
 
 
@@ -218,5 +147,9 @@ def _allowed_imports(source: str) -> list[str]:
     return lines
 
 
+def _is_ours(module: str) -> bool:
+    return module == _PACKAGE or module.startswith(_PACKAGE + ".")
+
+
 def _is_allowed(module: str) -> bool:
-    return module == __name__ or module.split(".")[0] in ALLOWED_IMPORT_ROOTS
+    return _is_ours(module) or module.split(".")[0] in ALLOWED_IMPORT_ROOTS

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
+from broker_net.crypto.identities import Identity, PublicIdentity, TrustStore
+from broker_net.crypto.introductions import trust
 from broker_net.envelope import Role
 from broker_net.errors import SecurityError
-from broker_net.introductions import trust
-from broker_net.security import Identity, PublicIdentity, TrustStore
 
 
 def identity_commands(

@@ -1,6 +1,6 @@
 """A node's side of secure aggregation: its seeds, their shares, its masked vectors.
 
-See :mod:`broker_net.secagg` for the protocol. A :class:`SecaggNode` lives in the node agent
+See :mod:`broker_net.crypto.secagg` for the protocol. A :class:`SecaggNode` lives in the node agent
 for as long as its context; its seeds leave it only as shares encrypted to the other nodes.
 """
 
@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from broker_net.encryption import decrypt_from, encrypt_for
-from broker_net.masking import (
+from broker_net.crypto.encryption import decrypt_from, encrypt_for
+from broker_net.crypto.identities import Identity, TrustStore, UnknownKeyError
+from broker_net.crypto.masking import (
     SEED_BITS,
     SHARE_SIZE,
     MaskedVector,
@@ -24,7 +25,7 @@ from broker_net.masking import (
     self_mask_key,
     shamir_split,
 )
-from broker_net.secagg import (
+from broker_net.crypto.secagg import (
     RevealedShares,
     SecaggContext,
     SecaggError,
@@ -32,7 +33,6 @@ from broker_net.secagg import (
     pair_key,
     shares_context,
 )
-from broker_net.security import Identity, TrustStore, UnknownKeyError
 
 
 class SecaggNode:

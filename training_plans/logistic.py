@@ -1,0 +1,93 @@
+"""The ready training plan: binary logistic regression in numpy.
+
+A researcher sends it as is (its source is a one-line import, see
+:func:`training_plans.plan.plan_source`) or subclasses it to change its defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from training_plans.plan import Params, TrainingPlan
+
+__all__ = ["LogisticRegressionPlan"]
+
+
+class LogisticRegressionPlan(TrainingPlan):
+    """Binary logistic regression trained by mini-batch gradient descent, in numpy.
+
+    Deterministic: batches are shuffled with ``numpy.random.default_rng(seed)``.
+
+    ``model_args``: ``n_features`` (required). ``training_args``: ``epochs`` (1), ``batch_size``
+    (32), ``learning_rate`` (0.1), ``l2`` (0.0, weight decay), ``seed`` (0). Targets are 0 or 1.
+    Parameters: ``coef`` (n_features,) and ``intercept`` (1,).
+    """
+
+    def __init__(self) -> None:
+        self.coef = np.zeros(0, dtype=np.float64)
+        self.intercept = np.zeros(1, dtype=np.float64)
+
+    def init_model(self, model_args: Mapping[str, Any]) -> None:
+        """Start from zero weights for ``model_args["n_features"]`` features."""
+        self.coef = np.zeros(int(model_args["n_features"]), dtype=np.float64)
+        self.intercept = np.zeros(1, dtype=np.float64)
+
+    def get_params(self) -> Params:
+        """Return copies of ``coef`` and ``intercept``."""
+        return {"coef": self.coef.copy(), "intercept": self.intercept.copy()}
+
+    def set_params(self, params: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Set ``coef`` and ``intercept``.
+
+        Raises:
+            ValueError: a parameter is missing or has the wrong shape.
+        """
+        coef = np.array(params["coef"], dtype=np.float64)
+        intercept = np.array(params["intercept"], dtype=np.float64).reshape(1)
+        if coef.shape != self.coef.shape:
+            raise ValueError(f"'coef' must have shape {self.coef.shape}, not {coef.shape}")
+        self.coef, self.intercept = coef, intercept
+
+    def _probabilities(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        logits = np.clip(x @ self.coef + self.intercept[0], -500.0, 500.0)
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+
+    def train(
+        self,
+        x: npt.NDArray[np.float64],
+        y: npt.NDArray[np.float64],
+        training_args: Mapping[str, Any],
+    ) -> dict[str, float]:
+        """Run ``epochs`` passes of mini-batch gradient descent on the log loss.
+
+        Returns:
+            ``{"loss": ...}``, the mean log loss on ``x`` after training.
+        """
+        epochs = int(training_args.get("epochs", 1))
+        batch_size = max(1, int(training_args.get("batch_size", 32)))
+        rate = float(training_args.get("learning_rate", 0.1))
+        l2 = float(training_args.get("l2", 0.0))
+        rng = np.random.default_rng(int(training_args.get("seed", 0)))
+        for _ in range(epochs):
+            order = rng.permutation(len(y))
+            for start in range(0, len(y), batch_size):
+                batch = order[start : start + batch_size]
+                error = self._probabilities(x[batch]) - y[batch]
+                self.coef -= rate * (x[batch].T @ error / len(batch) + l2 * self.coef)
+                self.intercept -= rate * float(np.mean(error))
+        return {"loss": self._log_loss(x, y)}
+
+    def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
+        """Return the mean log loss and the accuracy on ``x`` and ``y``."""
+        if len(y) == 0:
+            return {}
+        predicted = self._probabilities(x) >= 0.5
+        return {"loss": self._log_loss(x, y), "accuracy": float(np.mean(predicted == (y >= 0.5)))}
+
+    def _log_loss(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
+        p = np.clip(self._probabilities(x), 1e-12, 1.0 - 1e-12)
+        return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
