@@ -1,11 +1,11 @@
 """Encrypted training payloads on the node: open what the researcher sealed, seal the answer.
 
 A :class:`~broker_net.messages.TrainRequest` may carry its optimizer auxiliary variables, and
-with ``encrypt_params`` its parameters, encrypted for this node
-(:func:`broker_net.crypto.encryption.encrypt_payload`). Each is bound to the experiment, round, this
-node and the request id: a ciphertext replayed into another round, node or request is refused
-with DECRYPTION_FAILED. The node answers in kind: an encrypted auxiliary variable gets an
-encrypted one back, ``encrypt_params`` encrypted parameters, both for the researcher only.
+with ``encrypt_params`` its parameters, encrypted for this node and bound to the experiment,
+round, this node and the request id (:mod:`broker_net.crypto.payloads`): a ciphertext replayed
+into another round, node or request is refused with DECRYPTION_FAILED. The node answers in
+kind: an encrypted auxiliary variable gets an encrypted one back, ``encrypt_params`` encrypted
+parameters, both for the researcher only.
 """
 
 from __future__ import annotations
@@ -14,38 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker_net.codes import ErrorCode
-from broker_net.crypto.encryption import (
-    AUX_VAR_PURPOSE,
-    PARAMS_PURPOSE,
-    DecryptionError,
-    EncryptionContext,
-    decrypt_payload,
-    encrypt_payload,
-    is_encrypted_payload,
-)
+from broker_net.crypto.encryption import DecryptionError, is_encrypted_payload
 from broker_net.crypto.identities import Identity, PublicIdentity, UnknownKeyError
+from broker_net.crypto.payloads import PayloadBinding, PayloadField, encrypted_fields
 from broker_net.messages import TrainRequest
 from node_agent.context import HandlerError, NodeContext
-
-
-def payload_context(request: TrainRequest, node_id: str, purpose: str) -> EncryptionContext:
-    """What a payload of ``request`` is bound to, in either direction."""
-    return EncryptionContext(
-        request.experiment_id, request.round, node_id, request.request_id, purpose=purpose
-    )
-
-
-def _parties(request: TrainRequest, context: NodeContext) -> tuple[Identity, PublicIdentity]:
-    if context.security is None:
-        raise HandlerError(
-            ErrorCode.DECRYPTION_FAILED,
-            "this node runs without security and holds no key to decrypt or encrypt payloads",
-        )
-    try:
-        researcher = context.security.trust.get(request.researcher_id)
-    except UnknownKeyError as exc:
-        raise HandlerError(ErrorCode.UNKNOWN_KEY, str(exc)) from exc
-    return context.security.identity, researcher
 
 
 def open_request(
@@ -58,26 +31,18 @@ def open_request(
             round, node, request or party, or altered), or the node has no keys; BAD_ARGUMENTS
             when ``encrypt_params`` is set over plain parameters.
     """
-    params: dict[str, Any] = dict(request.params)
-    aux_var: dict[str, Any] = dict(request.optim_aux_var or {})
-    if request.encrypt_params:
-        if not is_encrypted_payload(request.params):
-            raise HandlerError(ErrorCode.BAD_ARGUMENTS, "'encrypt_params' over plain parameters")
-        params = _decrypt(request, context, request.params, PARAMS_PURPOSE)
-    if is_encrypted_payload(aux_var):
-        aux_var = _decrypt(request, context, aux_var, AUX_VAR_PURPOSE)
-    return params, aux_var
-
-
-def _decrypt(
-    request: TrainRequest, context: NodeContext, payload: Mapping[str, Any], purpose: str
-) -> dict[str, Any]:
-    identity, researcher = _parties(request, context)
-    bound = payload_context(request, context.node_id, purpose)
-    try:
-        return decrypt_payload(researcher, identity, payload, context=bound)
-    except DecryptionError as exc:
-        raise HandlerError(ErrorCode.DECRYPTION_FAILED, str(exc)) from exc
+    if request.encrypt_params and not is_encrypted_payload(request.params):
+        raise HandlerError(ErrorCode.BAD_ARGUMENTS, "'encrypt_params' over plain parameters")
+    opened: dict[str, dict[str, Any]] = {
+        "params": dict(request.params),
+        "optim_aux_var": dict(request.optim_aux_var or {}),
+    }
+    fields = {"params": request.params, "optim_aux_var": request.optim_aux_var}
+    for field, payload in encrypted_fields(fields).items():
+        if field == "params" and not request.encrypt_params:
+            continue  # encrypted parameters are opened only when the request says so
+        opened[field] = _open(request, context, field, payload)
+    return opened["params"], opened["optim_aux_var"]
 
 
 def seal_reply(
@@ -94,16 +59,42 @@ def seal_reply(
     """
     fields: dict[str, Any] = {"params": dict(params), "optim_aux_var": dict(aux_var) or None}
     if request.encrypt_params:
-        fields["params"] = _encrypt(request, context, params, PARAMS_PURPOSE)
+        fields["params"] = _seal(request, context, "params", params)
         fields["encrypted"] = True
     if is_encrypted_payload(request.optim_aux_var):
-        fields["optim_aux_var"] = _encrypt(request, context, aux_var, AUX_VAR_PURPOSE)
+        fields["optim_aux_var"] = _seal(request, context, "optim_aux_var", aux_var)
     return fields
 
 
-def _encrypt(
-    request: TrainRequest, context: NodeContext, arrays: Mapping[str, Any], purpose: str
+def _binding(request: TrainRequest, context: NodeContext) -> PayloadBinding:
+    return PayloadBinding(request.experiment_id, request.round, context.node_id, request.request_id)
+
+
+def _open(
+    request: TrainRequest, context: NodeContext, field: PayloadField, payload: Mapping[str, Any]
 ) -> dict[str, Any]:
     identity, researcher = _parties(request, context)
-    bound = payload_context(request, context.node_id, purpose)
-    return encrypt_payload(researcher, identity, arrays, context=bound)
+    try:
+        return _binding(request, context).open(identity, researcher, field, payload)
+    except DecryptionError as exc:
+        raise HandlerError(ErrorCode.DECRYPTION_FAILED, str(exc)) from exc
+
+
+def _seal(
+    request: TrainRequest, context: NodeContext, field: PayloadField, arrays: Mapping[str, Any]
+) -> dict[str, Any]:
+    identity, researcher = _parties(request, context)
+    return _binding(request, context).seal(identity, researcher, field, arrays)
+
+
+def _parties(request: TrainRequest, context: NodeContext) -> tuple[Identity, PublicIdentity]:
+    if context.security is None:
+        raise HandlerError(
+            ErrorCode.DECRYPTION_FAILED,
+            "this node runs without security and holds no key to decrypt or encrypt payloads",
+        )
+    try:
+        researcher = context.security.trust.get(request.researcher_id)
+    except UnknownKeyError as exc:
+        raise HandlerError(ErrorCode.UNKNOWN_KEY, str(exc)) from exc
+    return context.security.identity, researcher

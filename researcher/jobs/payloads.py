@@ -2,27 +2,19 @@
 
 :func:`seal_request` encrypts a :class:`~broker_net.messages.TrainRequest`'s optimizer
 auxiliary variables, and on demand its parameters, for the one node it goes to, bound to the
-experiment, round, node and request id (:class:`~broker_net.crypto.encryption.EncryptionContext`).
-The request id must therefore be chosen before sending. :func:`open_reply` decrypts what the
-node encrypted in return; a payload made for another round, node or request fails to decrypt.
+experiment, round, node and request id (:mod:`broker_net.crypto.payloads`). The request id
+must therefore be chosen before sending. :func:`open_reply` decrypts what the node encrypted in
+return; a payload made for another round, node or request fails to decrypt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from broker_net.crypto.authentication import Security
-from broker_net.crypto.encryption import (
-    AUX_VAR_PURPOSE,
-    PARAMS_PURPOSE,
-    DecryptionError,
-    EncryptionContext,
-    decrypt_payload,
-    encrypt_payload,
-    is_encrypted_payload,
-)
+from broker_net.crypto.encryption import DecryptionError, is_encrypted_payload
 from broker_net.crypto.identities import UnknownKeyError
+from broker_net.crypto.payloads import PayloadBinding, encrypted_fields
 from broker_net.messages import TrainReply, TrainRequest
 
 
@@ -46,22 +38,14 @@ def seal_request(
         UnknownKeyError: ``node`` is not in the researcher's trust store.
     """
     recipient = security.trust.get(node)
+    binding = PayloadBinding(message.experiment_id, message.round, node, request_id)
     update: dict[str, Any] = {"request_id": request_id}
-
-    def bound(purpose: str) -> EncryptionContext:
-        return EncryptionContext(message.experiment_id, message.round, node, request_id, purpose)
-
     if encrypt_params:
-        update["params"] = encrypt_payload(
-            recipient, security.identity, message.params, context=bound(PARAMS_PURPOSE)
-        )
+        update["params"] = binding.seal(security.identity, recipient, "params", message.params)
         update["encrypt_params"] = True
     if encrypt_aux_var and not is_encrypted_payload(message.optim_aux_var):
-        update["optim_aux_var"] = encrypt_payload(
-            recipient,
-            security.identity,
-            message.optim_aux_var or {},
-            context=bound(AUX_VAR_PURPOSE),
+        update["optim_aux_var"] = binding.seal(
+            security.identity, recipient, "optim_aux_var", message.optim_aux_var or {}
         )
     return message.model_copy(update=update)
 
@@ -76,18 +60,14 @@ def open_reply(
 ) -> TrainReply:
     """``reply`` with its encrypted parameters and auxiliary variables decrypted.
 
-    The context is the one the researcher asked for (``experiment_id``, ``round``,
+    The binding is the one the researcher asked for (``experiment_id``, ``round``,
     ``request_id`` and the replying node), not what the reply claims. Masked parameters of
     secure aggregation are left as they are.
 
     Raises:
         DecryptionError: a payload does not decrypt, or the researcher has no keys.
     """
-    encrypted = {
-        name: value
-        for name, value in (("params", reply.params), ("optim_aux_var", reply.optim_aux_var))
-        if is_encrypted_payload(value)
-    }
+    encrypted = encrypted_fields({"params": reply.params, "optim_aux_var": reply.optim_aux_var})
     if not encrypted:
         return reply
     if security is None:
@@ -96,15 +76,11 @@ def open_reply(
         sender = security.trust.get(reply.node_id)
     except UnknownKeyError as exc:
         raise DecryptionError(str(exc)) from exc
-    update: dict[str, Any] = {}
-    for name, payload in encrypted.items():
-        purpose = PARAMS_PURPOSE if name == "params" else AUX_VAR_PURPOSE
-        bound = EncryptionContext(experiment_id, round, reply.node_id, request_id, purpose)
-        update[name] = decrypt_payload(sender, security.identity, _mapping(payload), context=bound)
+    binding = PayloadBinding(experiment_id, round, reply.node_id, request_id)
+    update: dict[str, Any] = {
+        field: binding.open(security.identity, sender, field, payload)
+        for field, payload in encrypted.items()
+    }
     if "params" in update:
         update["encrypted"] = False
     return reply.model_copy(update=update)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
