@@ -19,14 +19,10 @@ from typing import Any, Self
 
 import anyio
 
-from broker_net.chunking import (
-    Chunking,
-    ReassembledStream,
-    Reassembler,
-    publish_chunked,
-)
+from broker_net.chunking import Chunking, publish_chunked
 from broker_net.errors import ConnectionLostError, PublishError, TransportError, UnroutableError
 from broker_net.inbox import Inbox
+from broker_net.reassembly import ReassembledStream, Reassembler
 from broker_net.topology import ExchangeKind, ExchangeSpec, QueueSpec
 from broker_net.transport import Delivery, OutgoingMessage, ProgressCallback
 

@@ -17,9 +17,10 @@ import anyio
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from broker_net.amqp.errors import RETRYABLE, translate
-from broker_net.chunking import Chunking, ReassembledStream, Reassembler
+from broker_net.chunking import Chunking
 from broker_net.errors import TransportError
 from broker_net.inbox import Inbox
+from broker_net.reassembly import ReassembledStream, Reassembler
 from broker_net.topology import QueueSpec
 from broker_net.transport import Delivery, ProgressCallback
 

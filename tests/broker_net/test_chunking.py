@@ -18,21 +18,14 @@ import numpy as np
 import pytest
 
 from broker_net.amqp import AmqpTransport
-from broker_net.chunking import (
-    CHUNK_INDEX,
-    TRANSFER_ID,
-    Chunking,
-    ReassembledStream,
-    Reassembler,
-    failure,
-    publish_chunked,
-)
+from broker_net.chunking import CHUNK_INDEX, TRANSFER_ID, Chunking, failure, publish_chunked
 from broker_net.codec import decode_message
 from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.frames import amqp_headers
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorMessage, PingReply, PingRequest, TrainReply, TrainRequest
+from broker_net.reassembly import ReassembledStream, Reassembler
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
 from node_agent.agent import NodeAgent

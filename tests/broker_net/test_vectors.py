@@ -37,12 +37,7 @@ import broker_net.envelope as envelope_module
 import node_agent.dispatch as dispatch_module
 import node_agent.refusals as refusals_module
 from broker_net.amqp.publisher import ConfirmedPublisher
-from broker_net.chunking import (
-    TRANSFER_ERROR,
-    Chunking,
-    Reassembler,
-    publish_chunked,
-)
+from broker_net.chunking import TRANSFER_ERROR, Chunking, publish_chunked
 from broker_net.codec import decode, decode_message, encode
 from broker_net.codes import ErrorCode
 from broker_net.crypto.authentication import Authenticators, Security, Verifier
@@ -51,6 +46,7 @@ from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.errors import DecodeError, SecurityError
 from broker_net.frames import frame
 from broker_net.messages import MESSAGE_TYPES
+from broker_net.reassembly import Reassembler
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from broker_net.version import PROTOCOL_VERSION
