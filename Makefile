@@ -31,10 +31,11 @@ test: $(STAMP) broker ## Install, make sure the broker answers, run the whole su
 test-fast: $(STAMP) ## The suite without the broker tests.
 	$(BIN)/pytest -m "not rabbitmq"
 
-lint: $(STAMP) ## Format check, ruff and mypy.
+lint: $(STAMP) ## Format check, ruff, mypy, and the layer contracts of docs/architecture.md.
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_architecture.py tests/test_exported_members.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

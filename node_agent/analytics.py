@@ -28,7 +28,7 @@ blocks of consecutive ranks (each at most ceil(n / K) long) and sends each block
 value weighted by the block's length; with n <= K it sends every value. For any threshold the
 summary's count of values below it undercounts by less than ceil(n / K), so the merged summary
 of N values finds each quantile with a rank error below N / K (see
-:func:`researcher.analytics.combine_statistics`). It discloses K of the node's values, as min
+:func:`researcher.jobs.statistics.combine_statistics`). It discloses K of the node's values, as min
 and max disclose two.
 """
 
