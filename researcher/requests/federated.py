@@ -40,6 +40,7 @@ from researcher.requests.policies import (
     RequestStatus,
     Verdict,
     has_timeout,
+    longest_wait,
     watches_presence,
 )
 from researcher.requests.sending import RequestSender
@@ -89,7 +90,10 @@ class FederatedRequest:
         self._hooks = hooks or RequestHooks()
         request_id = _one("request_id", request_id, self._hooks.request_id)
         already_sent = _one("already_sent", already_sent, self._hooks.already_sent)
-        self.request_id = request_id or new_id("request")
+        self.request_id = request_id or _carried_id(messages)
+        if request_id is None and requests.used(self.request_id):
+            # The same message object sent again: a new request needs an id of its own.
+            self.request_id = new_id("request")
         self._already_sent = dict(already_sent or {})
         self._requests = requests
         targets = list(nodes) if nodes is not None else None
@@ -99,7 +103,7 @@ class FederatedRequest:
         self._policies: list[Policy] = list(policies)
         if not has_timeout(self._policies):
             self._policies.append(DiscardOnTimeout(requests.default_timeout))
-        self._expiration = expiration if expiration is not None else _longest(self._policies)
+        self._expiration = expiration if expiration is not None else longest_wait(self._policies)
         self._nodes = NodeLedger(
             self.request_id, self._messages, keep_answered=self._hooks.on_answer is not None
         )
@@ -301,7 +305,10 @@ def _per_node(
     for node, message in chosen.items():
         copy = copies.get(id(message))
         if copy is None:
-            copy = copies[id(message)] = message.model_copy(update={"request_id": request_id})
+            copy = message
+            if message.request_id != request_id:
+                copy = message.model_copy(update={"request_id": request_id})
+            copies[id(message)] = copy
         per_node[node] = copy
     return per_node
 
@@ -313,7 +320,10 @@ def _one(name: str, argument: T | None, hooked: T | None) -> T | None:
     return argument if argument is not None else hooked
 
 
-def _longest(policies: Sequence[Policy]) -> float | None:
-    timeouts = [getattr(p, "timeout", None) for p in policies]
-    values = [t for t in timeouts if isinstance(t, float)]
-    return max(values) + 60.0 if values else None
+def _carried_id(messages: RequestMessage | MessagesByNode) -> str:
+    """The request id the message carries, so the id a user reads is the one on the wire; for
+    different messages per node, the one they share, else the first node's."""
+    if isinstance(messages, MessagesByNode):
+        ids = [message.request_id for message in messages.values()]
+        return ids[0] if ids else new_id("request")
+    return messages.request_id

@@ -331,6 +331,13 @@ def watches_presence(policies: Iterable[Policy]) -> bool:
     return any(isinstance(policy, StopOnDisconnect) for policy in policies)
 
 
+def longest_wait(policies: Iterable[Policy]) -> float | None:
+    """The longest time any timeout policy waits for a node, or ``None`` without one: after
+    it, a request still waiting in a node's queue is of no use to anybody."""
+    timeouts = [policy.timeout for policy in policies if isinstance(policy, _Timeout)]
+    return max(timeouts, default=None)
+
+
 def has_timeout(policies: Iterable[Policy]) -> bool:
     """True when some policy bounds the wait in time."""
     return any(isinstance(policy, _Timeout) for policy in policies)

@@ -46,17 +46,24 @@ class ReplyLog:
         self, *, late_size: int = 1000, parked_limit: int = 10_000, ended_size: int = 10_000
     ) -> None:
         self.late: deque[LateReply] = deque(maxlen=late_size)
-        self._ended: deque[str] = deque(maxlen=ended_size)
+        self._ended: deque[str] = deque()
+        self._ended_ids: set[str] = set()
+        self._ended_size = ended_size
         self._parked: dict[str, list[ParkedReply]] = {}
         self._parked_limit = parked_limit
 
     def end(self, request_id: str) -> None:
         """Remember that ``request_id`` ended: its later replies are late."""
+        if request_id in self._ended_ids:
+            return
         self._ended.append(request_id)
+        self._ended_ids.add(request_id)
+        if len(self._ended) > self._ended_size:
+            self._ended_ids.discard(self._ended.popleft())
 
     def ended(self, request_id: str) -> bool:
         """True when ``request_id`` ended in this process."""
-        return request_id in self._ended
+        return request_id in self._ended_ids
 
     def keep_late(self, request_id: str, node: str, message: Any) -> None:
         """Log a reply that came after its request ended for ``node``."""

@@ -127,9 +127,14 @@ class Requests:
             messages: one message for every node, or a :class:`MessagesByNode`.
             nodes: node ids; defaults to the keys of ``messages`` or to every online node.
             policies: when to stop waiting (see :mod:`researcher.requests.policies`).
-            expiration: seconds after which an unclaimed request is dead-lettered by the
-                broker; defaults to the longest policy timeout.
-            request_id: reuse this id instead of a fresh one (to resume a request).
+            expiration: seconds after which a request still in a node's queue is
+                dead-lettered by the broker; defaults to the longest timeout of ``policies``
+                (nobody waits for an answer after it).
+            request_id: the request's id. By default it is the id the message carries
+                (``message.request_id``; for a :class:`MessagesByNode`, the first node's),
+                so the id a caller reads is the one on the wire, unless this process already
+                sent a request under it (the same message object sent again): then a fresh
+                one. Give it to resume a request an earlier process sent.
             already_sent: nodes an earlier process already sent this request to, with the
                 send time; they are not sent again, their replies are collected from the
                 durable reply queue and their timeouts run from the original send.
@@ -196,6 +201,10 @@ class Requests:
         return None if self.security is None else self.security.authenticator_for(node)
 
     # --- the interface of FederatedRequest -----------------------------------------------------
+
+    def used(self, request_id: str) -> bool:
+        """True when a request with this id is running or ended in this process."""
+        return request_id in self._pending or self._replies.ended(request_id)
 
     def track(self, fed: FederatedRequest) -> None:
         """Route the replies to ``fed``'s request id to ``fed`` until :meth:`untrack`."""
