@@ -13,11 +13,13 @@ It imports both :mod:`node_agent` and :mod:`researcher`, which never import each
 from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import DEMO_TAG, register_demo_shard
 from simulation.federation import SIMULATION_RESEARCHER, operator, simulate, simulate_async
+from simulation.sample_data import breast_cancer
 
 __all__ = [
     "DEMO_TAG",
     "SIMULATION_RESEARCHER",
     "BreastCancerPlan",
+    "breast_cancer",
     "operator",
     "register_demo_shard",
     "simulate",

@@ -93,7 +93,7 @@ class TrainingPlanCheckJob(Job):
             elif reply.status is TrainingPlanStatus.APPROVED:
                 logger.info("node %s approved the plan", node)
             else:
-                logger.warning("node %s: plan is %s", node, reply.status.value)
+                logger.info("node %s: plan is %s", node, reply.status.value)
         for node in set(self.nodes) - set(replies):
             logger.warning("node %s did not answer the status request", node)
         return replies
