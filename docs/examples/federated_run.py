@@ -107,9 +107,7 @@ async def main(nodes: list[str]) -> None:
         print(f"test accuracy of the federated model: {accuracy:.3f}")
 
 
-async def submit_and_wait_for_approval(
-    requests: Requests, source: str, nodes: list[str]
-) -> None:
+async def submit_and_wait_for_approval(requests: Requests, source: str, nodes: list[str]) -> None:
     """Submit the plan to every node, then print one line per node as its operator decides.
 
     Raises:
