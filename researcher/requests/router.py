@@ -28,6 +28,7 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
+from broker_net.codes import ErrorCode
 from broker_net.crypto.authentication import Security
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
@@ -268,6 +269,10 @@ class Requests:
         except FrameRefused as refused:
             if refused.stage == "transfer":
                 self._on_failed_transfer(delivery, refused)
+            elif refused.code is ErrorCode.REPLAYED_MESSAGE:
+                # Expected after a reconnect: the broker, or a node answering a redelivered
+                # request from its stored reply, hands over a copy already taken.
+                logger.info("dropping a %s seen before (a copy after a reconnect)", what)
             else:
                 logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
             return None

@@ -176,3 +176,39 @@ async def test_an_unconfirmed_request_ends_at_its_timeout(
         assert 0.5 <= time.monotonic() - started < 1.5
         assert fed.status() == {NODE: RequestStatus.TIMEOUT}
         assert "did not confirm the request within 0.5 s" in fed.reasons()[NODE]
+
+
+async def test_a_reply_seen_twice_is_dropped_without_a_warning(
+    broker: MemoryBroker,
+    parties: tuple[Security, NodeSettings],
+    agent: NodeAgent,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alice, settings = parties
+    node = Security.load(
+        settings.identity_dir, NODE, "node", settings.trust_path, window=settings.message_window
+    )
+    async with (
+        MemoryTransport(broker) as transport,
+        Requests(transport, "alice", topology=TOPOLOGY, security=alice) as requests,
+    ):
+        fed = await requests.request(
+            PingRequest(researcher_id="alice"), [NODE], [DiscardOnTimeout(5)]
+        )
+        reply = fed.replies()[NODE]
+        header = EnvelopeHeader.for_message(
+            reply, sender_id=NODE, sender_role="node", recipient="alice"
+        )
+        copy = OutgoingMessage(
+            body=seal(header, reply, authenticator=node.authenticator_for("alice")),
+            message_id=header.message_id, type=reply.type, correlation_id=fed.request_id,
+        )  # fmt: skip
+        caplog.set_level("INFO", logger="researcher.requests.router")
+        for _ in range(2):  # the same envelope twice, as after a reconnect
+            await transport.publish(TOPOLOGY.replies_exchange.name, requests.reply_queue, copy)
+        with anyio.fail_after(2):
+            while not any("seen before" in r.getMessage() for r in caplog.records):
+                await anyio.sleep(0.02)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "seen" in r.message]
+    assert warnings == []
+    assert [r.levelname for r in caplog.records if "seen before" in r.getMessage()] == ["INFO"]
