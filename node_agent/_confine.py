@@ -7,10 +7,14 @@
 
 In its own namespaces (``tmp_size`` set) the worker starts as PID 1 and (namespace) root: it
 mounts a private ``/tmp`` of ``tmp_size`` bytes (and binds folders of it over ``/var/tmp``,
-``/dev/shm`` and ``/run/lock``), then forks: PID 1 only reaps, and exits with the worker's
-status (``128 + signal`` when it was killed) so the plan never runs as a namespace's init. The
-worker then enters its folder, takes its limits, gives up root for ``uid``/``gid`` (or drops
-every capability, in a user namespace), and can never gain privileges again.
+``/dev/shm`` and ``/run/lock``). The folders Python imports from (the interpreter's, the
+virtual environment's, the project's) stay reachable: one under a private folder, or behind a
+folder the plan user may not enter (a Python installed under ``/root``), is bound again at its
+path on an empty folder that hides the rest. Then it forks: PID 1 only reaps, and exits with
+the worker's status (``128 + signal`` when it was killed) so the plan never runs as a
+namespace's init. The worker then enters its folder, takes its limits, gives up root for
+``uid``/``gid`` (or drops every capability, in a user namespace), and can never gain
+privileges again.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def confine(spec: dict[str, Any]) -> tuple[int, int]:
     """
     uid, gid = spec.get("uid"), spec.get("gid")
     if spec.get("tmp_size"):
-        _private_tmp(int(spec["tmp_size"]))
+        _private_mounts(int(spec["tmp_size"]), uid, gid)
         if os.getpid() == 1:
             _become_init()
     work = Path(spec.get("work") or "/tmp/plan")
@@ -97,7 +101,10 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
     _check(result, f"mount {target}")
 
 
-def _private_tmp(size: int) -> None:
+def _private_mounts(size: int, uid: int | None, gid: int | None) -> None:
+    needed = _import_folders()
+    hidden = {path: _hiding_folder(path, uid, gid) for path in needed}
+    handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in needed if hidden[path]}
     _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
     for folder in _BOUND_FOLDERS:
         if os.path.isdir(folder) and not os.path.islink(folder):
@@ -105,6 +112,47 @@ def _private_tmp(size: int) -> None:
             os.mkdir(private)
             os.chmod(private, 0o1777)
             _mount(private, folder, None, _MS_BIND, None)
+    for folder in sorted({f for f in hidden.values() if f and f not in _PRIVATE}):
+        _mount("tmpfs", folder, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    for path, handle in handles.items():
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND, None)
+        os.close(handle)
+
+
+_PRIVATE = ("/tmp", *_BOUND_FOLDERS)
+
+
+def _import_folders() -> list[str]:
+    """The outermost folders Python imports from."""
+    found = {
+        os.path.realpath(path)
+        for path in (sys.base_prefix, sys.prefix, sys.exec_prefix, *sys.path)
+        if path and os.path.isdir(path)
+    }
+    found.discard("/")
+    return sorted(p for p in found if not any(p.startswith(q + "/") for q in found))
+
+
+def _hiding_folder(path: str, uid: int | None, gid: int | None) -> str | None:
+    """The outermost folder that would keep the plan from ``path``: a private one, or one it
+    may not enter; None when ``path`` stays reachable as it is."""
+    parts = path.strip("/").split("/")
+    for depth in range(1, len(parts)):
+        folder = "/" + "/".join(parts[:depth])
+        if folder in _PRIVATE:
+            return folder
+        if uid is not None and not _enterable(os.stat(folder), uid, gid):
+            return folder
+    return None
+
+
+def _enterable(info: os.stat_result, uid: int, gid: int | None) -> bool:
+    if info.st_uid == uid:
+        return bool(info.st_mode & 0o100)
+    if gid is not None and info.st_gid == gid:
+        return bool(info.st_mode & 0o010)
+    return bool(info.st_mode & 0o001)
 
 
 def _become_init() -> None:
