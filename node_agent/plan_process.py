@@ -266,8 +266,14 @@ class PlanProcess:
             return f"was killed by signal {-code} ({_signal_name(-code)})"
         return f"exited ({code})"
 
-    def output(self) -> str:
-        """What the worker printed since the last call: head and tail only."""
+    def output(self, wait: float = 0.0) -> str:
+        """What the worker printed since the last call: head and tail only.
+
+        Args:
+            wait: seconds to wait for the end of the output (of a worker that ended).
+        """
+        if wait:
+            self._output.join(wait)
         return self._output.take()
 
     def finish(self, timeout: float) -> int | None:

@@ -138,11 +138,11 @@ class PlanWorkers:
             if worker is not None:
                 await self._discard(worker)
             raise
-        output = worker.process.output()
         if not result.get("ok"):
-            await self._discard(worker)
-        else:
-            await self._release(worker)
+            await self._discard(worker)  # and then all it printed has arrived
+            return result, worker.process.output(wait=1.0)
+        output = worker.process.output()
+        await self._release(worker)
         return result, output
 
     def _checkout(self, key: WorkerKey) -> _Worker | None:

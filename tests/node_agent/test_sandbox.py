@@ -28,11 +28,12 @@ from broker_net.codes import ErrorCode
 from broker_net.messages import TrainRequest
 from broker_net.security import Identity
 from broker_net.topology import Topology
+from node_agent import plan_workers
 from node_agent.agent import NodeAgent
 from node_agent.datasets import DatasetRegistry, Table
 from node_agent.plans import PlanRegistry
 from node_agent.runner import PlanFailedError, PlanTimeoutError, run_training
-from node_agent.sandbox import SandboxPolicy, detect_isolation
+from node_agent.sandbox import Isolation, SandboxPolicy, detect_isolation
 from node_agent.settings import NodeSettings
 from researcher.policies import DiscardOnTimeout, RequestStatus
 from researcher.requests import Requests
@@ -392,3 +393,30 @@ async def test_a_node_agent_answers_pings_while_a_plan_misbehaves(
     assert memory.growth < 16 * 2**20
     assert_no_process_left()
     assert processes_with(marker) == []
+
+
+@needs_isolation
+async def test_the_user_namespace_of_an_agent_that_is_not_root(table, monkeypatch):
+    """What a non-root agent gets where user namespaces work (forced here, as root): no
+    network, a private /tmp, no capabilities; the plan keeps the agent's user."""
+    isolation = Isolation(unshare=shutil.which("unshare"), user_namespace=True)
+    monkeypatch.setattr(plan_workers, "detect_isolation", lambda policy: isolation)
+    marker = uuid.uuid4().hex
+    source = plan(
+        f"""
+        def train(self, x, y, args):
+            import socket
+            open("/tmp/{marker}", "w").close()
+            status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+            caps = status["CapEff"].strip() + "/" + status["CapBnd"].strip()
+            try:
+                socket.create_connection(("127.0.0.1", 5672), timeout=2)
+            except OSError as exc:
+                raise OSError(f"caps {{caps}}; {{exc.strerror}}") from None
+        """
+    )
+    error = await failure(source, table, policy())
+
+    assert "caps 0000000000000000/0000000000000000" in str(error)
+    assert "unreachable" in str(error)
+    assert left_behind(marker) == []
