@@ -148,7 +148,9 @@ def _detect(isolate: bool, user: str, euid: int) -> Isolation:
     unshare = shutil.which("unshare")
     if euid == 0:
         uid, gid = _resolve_user(user)
-        missing = () if unshare else ("network, process and /tmp isolation (no unshare)",)
+        if unshare and not _namespaces_work(unshare):
+            unshare = None  # e.g. a container without CAP_SYS_ADMIN
+        missing = () if unshare else ("network, process and /tmp isolation",)
         isolation = Isolation(uid=uid, gid=gid, unshare=unshare, missing=missing)
         if unshare:
             logger.info(
@@ -158,11 +160,11 @@ def _detect(isolate: bool, user: str, euid: int) -> Isolation:
         else:
             logger.warning(
                 "training plans run as uid %d but keep the network and the host's /tmp: "
-                "util-linux 'unshare' is not installed", uid
+                "util-linux 'unshare' is missing or cannot make namespaces here", uid
             )  # fmt: skip
         return isolation
     missing = ("a separate user: plans can read what the agent's user can read",)
-    if unshare and _user_namespaces_work(unshare):
+    if unshare and _namespaces_work(unshare, "--user", "--map-root-user"):
         logger.warning(
             "the agent does not run as root: training plans run as its user and can read its "
             "files (the data folder, the identity key); their network, processes and /tmp "
@@ -193,8 +195,8 @@ def _resolve_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
-def _user_namespaces_work(unshare: str) -> bool:
-    probe = [unshare, "--user", "--map-root-user", "--net", "--pid", "--mount", "--fork", "true"]
+def _namespaces_work(unshare: str, *user: str) -> bool:
+    probe = [unshare, *user, "--net", "--pid", "--mount", "--mount-proc", "--fork", "true"]
     try:
         return subprocess.run(probe, capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
