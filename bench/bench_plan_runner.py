@@ -80,6 +80,7 @@ async def _measure() -> list[Row]:
 
 async def _overheads(data_dir: Path, rounds: int, *, workers: int) -> tuple[list[float], float]:
     shard = data_dir / "shard.csv"
+    os.mkdir(data_dir, mode=0o700)  # as an operator keeps it: plans may not read it
     write_shard_csv(shard, 0, 3)
     settings = NodeSettings(node_id="bench", data_dir=data_dir, plan_workers=workers)
     context = NodeContext.open(settings)

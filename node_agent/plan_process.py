@@ -291,13 +291,19 @@ class PlanProcess:
 
     def kill(self) -> None:
         """Kill the worker and everything it started; remove its folder. Safe to repeat."""
+        doomed: set[int] = set()
+        if not self._isolation.namespaces and self._popen.poll() is None:
+            # Without a PID namespace, children that left the process group are found by
+            # ancestry, while it is known: the tree is stopped (no more forks), then killed.
+            for _ in range(5):
+                found = {self._popen.pid, *_descendants(self._popen.pid)}
+                _signal_all(found - doomed, signal.SIGSTOP)
+                if found <= doomed:
+                    break
+                doomed |= found
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, signal.SIGKILL)
-        if not self._isolation.namespaces:
-            # Children that left the process group are found by ancestry while it is known.
-            for pid in _descendants(self._popen.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        _signal_all(doomed, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=10)
         with self._lock:
@@ -324,6 +330,12 @@ class PlanProcess:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
         return total
+
+
+def _signal_all(pids: set[int], number: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, number)
 
 
 def _descendants(root: int) -> list[int]:

@@ -205,7 +205,8 @@ def _namespaces_work(unshare: str, *user: str) -> bool:
 
 def worker_command(isolation: Isolation, spec: dict[str, Any]) -> list[str]:
     """The command line of a plan worker confined by ``spec`` (see node_agent._confine)."""
-    worker = [sys.executable, "-m", "node_agent._plan_worker", "--serve", json.dumps(spec)]
+    # -P: the current folder (the plan's, later) is not on the import path.
+    worker = [sys.executable, "-P", "-m", "node_agent._plan_worker", "--serve", json.dumps(spec)]
     return [*isolation.command_prefix(), *worker]
 
 

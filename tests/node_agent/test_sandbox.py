@@ -82,6 +82,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def left_behind(name: str) -> list[Path]:
     """Files called ``name`` in the shared temporary folders or a plan's folder."""
     found = [Path(folder, name) for folder in ("/tmp", "/var/tmp", "/dev/shm")]
@@ -420,3 +424,31 @@ async def test_the_user_namespace_of_an_agent_that_is_not_root(table, monkeypatc
     assert "caps 0000000000000000/0000000000000000" in str(error)
     assert "unreachable" in str(error)
     assert left_behind(marker) == []
+
+
+@needs_isolation
+async def test_a_root_agent_without_namespaces_still_switches_user_and_cleans_up(
+    table, monkeypatch
+):
+    """Where unshare cannot make namespaces (a container without CAP_SYS_ADMIN): the plan
+    runs as the plan user in a folder of its own, and its processes are killed by ancestry."""
+    isolation = Isolation(uid=PLAN_UID, gid=PLAN_UID)
+    monkeypatch.setattr(plan_workers, "detect_isolation", lambda policy: isolation)
+    marker = f"{time.time() % 100000 + 300000:.6f}"
+    source = plan(
+        f"""
+        def train(self, x, y, args):
+            import os
+            if os.fork() == 0:
+                os.setsid()
+                os.execv("/bin/sleep", ["sleep", {marker!r}])
+            raise RuntimeError(f"uid {{os.getuid()}} in {{os.getcwd()}}")
+        """
+    )
+    error = await failure(source, table, policy())
+
+    assert f"uid {PLAN_UID} in {tempfile.gettempdir()}/broker-net-plan-" in str(error)
+    folder = str(error).split(" in ")[-1]
+    assert_no_process_left()
+    assert processes_with(marker) == []
+    assert not exists(folder)
