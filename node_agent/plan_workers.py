@@ -138,7 +138,7 @@ class PlanWorkers:
             if worker is not None:
                 await self._discard(worker)
             raise
-        if not result.get("ok"):
+        if not (result.get("ok") and _well_formed(result)):
             await self._discard(worker)  # and then all it printed has arrived
             return result, worker.process.output(wait=1.0)
         output = worker.process.output()
@@ -252,6 +252,21 @@ class PlanWorkers:
             return self._allowed(plan_id)
         except Exception:  # a registry that is closing: keep the worker until the next check
             return True
+
+
+def _well_formed(result: dict[str, Any]) -> bool:
+    """Whether a successful result has the shape the worker gives it (a plan that took over
+    its process could send anything: such a worker is not kept)."""
+    numbers = (int, float)
+    try:
+        return (
+            isinstance(result["params"], dict)
+            and isinstance(result["sample_size"], int)
+            and all(isinstance(v, numbers) for v in result["metrics"].values())
+            and all(isinstance(v, numbers) for v in result["timing"].values())
+        )
+    except (KeyError, TypeError, AttributeError):
+        return False
 
 
 def _idle_since_before(moment: float, worker: _Worker) -> bool:

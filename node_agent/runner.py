@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio.to_thread
 import numpy as np
@@ -174,19 +174,8 @@ async def run_training(
             f"the training plan ran longer than {timeout:g} s and was stopped"
         ) from None
     except WorkerLostError as exc:
-        return _lost(exc)
-    elapsed = time.perf_counter() - started
-    result = _checked(result, output)
-    return TrainingOutcome(
-        params=dict(result["params"]),
-        sample_size=int(result["sample_size"]),
-        metrics={str(k): float(v) for k, v in result["metrics"].items()},
-        timing={
-            **{str(k): float(v) for k, v in result["timing"].items()},
-            "rtime_process": elapsed,
-        },
-        aux_var=dict(result.get("aux_var") or {}),
-    )
+        _lost(exc)
+    return _outcome(result, output, time.perf_counter() - started)
 
 
 def _plan_id(source: str) -> str:
@@ -196,7 +185,7 @@ def _plan_id(source: str) -> str:
         return hashlib.sha256(source.encode()).hexdigest()
 
 
-def _lost(error: WorkerLostError) -> TrainingOutcome:
+def _lost(error: WorkerLostError) -> NoReturn:
     logger.warning("training plan process %s; output:\n%s", error.how, error.output)
     if "SIGXCPU" in error.how:
         raise PlanTimeoutError("the training plan used up its CPU time and was stopped")
@@ -207,7 +196,7 @@ def _lost(error: WorkerLostError) -> TrainingOutcome:
     )
 
 
-def _checked(result: dict[str, Any], output: str) -> dict[str, Any]:
+def _outcome(result: dict[str, Any], output: str, elapsed: float) -> TrainingOutcome:
     if not result.get("ok"):
         message = f"the training plan failed in {result.get('stage')}: {result.get('error_type')}: "
         logger.warning("%s%s\n%s", message, result.get("message"), result.get("traceback"))
@@ -218,15 +207,20 @@ def _checked(result: dict[str, Any], output: str) -> dict[str, Any]:
             traceback=str(result.get("traceback")),
             output=output,
         )
-    try:
-        for name in ("params", "metrics", "timing"):
-            if not isinstance(result[name], dict):
-                raise TypeError(f"{name!r} is not a mapping")
-        int(result["sample_size"])
-    except (KeyError, TypeError, ValueError) as exc:
+    try:  # the worker checked all this, unless the plan took over its process
+        return TrainingOutcome(
+            params=dict(result["params"]),
+            sample_size=int(result["sample_size"]),
+            metrics={str(k): float(v) for k, v in result["metrics"].items()},
+            timing={
+                **{str(k): float(v) for k, v in result["timing"].items()},
+                "rtime_process": elapsed,
+            },
+            aux_var=dict(result.get("aux_var") or {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlanFailedError(
-            f"the training plan's process sent a malformed result ({exc})",
+            f"the training plan's process sent a malformed result ({exc!r})",
             stage="process",
             output=output,
         ) from None
-    return result

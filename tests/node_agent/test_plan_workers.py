@@ -240,3 +240,27 @@ async def test_a_plan_failure_in_a_direct_run_is_typed():
     finally:
         workers.close()
     assert_no_process_left()
+
+
+async def test_a_plan_that_forges_its_result_fails_and_its_worker_is_not_kept():
+    forger = plan(
+        """
+        def train(self, x, y, args):
+            import sys
+            worker = sys.modules["__main__"]  # the plan owns its process: it can rewrite it
+            worker._floats = lambda stage, metrics: {"loss": "not a number"}
+            return super().train(x, y, args)
+        """
+    )
+    workers = PlanWorkers(policy(), size=1)
+    try:
+        with pytest.raises(PlanFailedError, match="malformed result"):
+            await run_training(
+                forger, "P", table=breast_cancer_table(150), target="y", params={},
+                training_args={}, model_args={}, timeout=20, workers=workers,
+                reuse_key=("alice", "e"),
+            )  # fmt: skip
+        assert workers.workers() == []
+    finally:
+        workers.close()
+    assert_no_process_left()
