@@ -71,9 +71,9 @@ class NodeSettings(PartySettings):
         default=1024**3, gt=0, description="Largest result a plan may send back, in bytes."
     )
     plan_workers: int = Field(
-        default=2,
+        default=0,
         ge=0,
-        description="Warm plan processes kept between the rounds of an experiment; "
+        description="Warm plan processes kept between the rounds of an experiment (e.g. 2); "
         "0 starts a fresh process every round.",
     )
     plan_worker_idle_timeout: float = Field(

@@ -56,7 +56,7 @@ def alive(pid: int) -> bool:
 
 
 def open_context(data_dir: Path, **settings: Any) -> NodeContext:
-    values = {"plan_timeout": 20.0, **SETTINGS, **settings}
+    values = {"plan_timeout": 20.0, "plan_workers": 2, **SETTINGS, **settings}
     return NodeContext.open(NodeSettings(node_id="n1", data_dir=data_dir, **values))
 
 
