@@ -1,35 +1,41 @@
-"""The child process that runs a training plan: ``python -m node_agent._plan_worker JOB RESULT``.
+"""The child process that runs training plans: ``python -m node_agent._plan_worker --serve SPEC``.
 
-It reads a job from the msgpack file JOB (written by :mod:`node_agent.runner`), runs the plan
-and writes a msgpack result to the file RESULT. Nothing is pickled. The job holds ``source``,
-``class_name``, ``params``, ``model_args``, ``training_args``, ``training``, the data
-(``columns``, ``values``, ``target``), the split (``validation_fraction``, ``split_seed``) and
-optionally ``aux_var``. The result is either::
+It first confines itself as SPEC says (see :mod:`node_agent._confine`), then serves jobs: each
+arrives as a frame on its standard input (see :mod:`node_agent.plan_process`) and its result
+goes back as a frame on its result pipe, both msgpack. Nothing is pickled. A job holds
+``source``, ``class_name``, ``params``, ``model_args``, ``training_args``, ``training``, the
+data (``columns``, ``values``, ``target``), the split (``validation_fraction``,
+``split_seed``) and optionally ``aux_var``. The result is either::
 
     {"ok": True, "params": {...}, "aux_var": {...}, "sample_size": n, "metrics": {...},
      "timing": {...}}
     {"ok": False, "stage": "train", "error_type": "ValueError", "message": "...",
      "traceback": "..."}
 
-The plan's exceptions become failure results; the exit code is non-zero only when the worker
-itself could not read its job or write its result.
+The plan's class is loaded and built once per worker: later jobs of the same plan reuse the
+same instance (``init_model`` is called again every round). The plan's exceptions become
+failure results; the worker ends when its input ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 import time
 import traceback
 import types
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from broker_net.codec import decode, encode
+from node_agent._confine import confine, fail
+from node_agent.plan_process import read_frame, write_frame
 from training_plans.plan import TrainingPlan
 
 _T = TypeVar("_T")
@@ -80,10 +86,27 @@ def split_rows(n_rows: int, fraction: float, seed: int, *, training: bool) -> tu
     return order[n_validation:], order[:n_validation]
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
+class PlanCache:
+    """The plan instance a worker keeps between jobs of the same source and class."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str] | None = None
+        self.plan: TrainingPlan | None = None
+
+    def get(self, source: str, class_name: str) -> TrainingPlan:
+        """The instance for this plan: loaded and built on first use, then the same one."""
+        if self.plan is None or self.key != (source, class_name):
+            self.key, self.plan = None, None
+            cls = _stage("load", lambda: load_plan_class(source, class_name))
+            self.plan = _stage("init", cls)
+            self.key = (source, class_name)
+        return self.plan
+
+
+def run_job(job: dict[str, Any], cache: PlanCache | None = None) -> dict[str, Any]:
     """Run one training or validation job; failures of the plan's code become failure results."""
     try:
-        return _run(job)
+        return _run(job, cache or PlanCache())
     except _StageError as exc:
         error = exc.error
         return {
@@ -95,7 +118,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         }
 
 
-def _run(job: dict[str, Any]) -> dict[str, Any]:
+def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
     columns: list[str] = list(job["columns"])
     values = np.array(job["values"], dtype=np.float64)
     target = columns.index(job["target"])
@@ -106,8 +129,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         len(y), float(job["validation_fraction"]), int(job["split_seed"]), training=training
     )
     model_args = {"n_features": x.shape[1], **job["model_args"]}
-    cls = _stage("load", lambda: load_plan_class(job["source"], job["class_name"]))
-    plan = _stage("init", cls)
+    plan = cache.get(job["source"], job["class_name"])
     _stage("init", lambda: plan.init_model(model_args))
     params = {name: np.array(value) for name, value in job["params"].items()}
     if params:
@@ -164,19 +186,35 @@ def _arrays(params: Any) -> dict[str, npt.NDArray[Any]]:
     return arrays
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the job file ``argv[0]`` and write the result file ``argv[1]``; return the exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m node_agent._plan_worker JOB RESULT", file=sys.stderr)
-        return 2
-    job_path, result_path = Path(args[0]), Path(args[1])
-    result = run_job(decode(job_path.read_bytes()))
-    partial = result_path.with_suffix(".partial")
-    partial.write_bytes(encode(result))
-    partial.replace(result_path)
+def serve(jobs: int, results: int) -> int:
+    """Answer every job frame read from ``jobs`` with a result frame on ``results``."""
+    cache = PlanCache()
+    while (frame := read_frame(jobs, sys.maxsize)) is not None:
+        result = run_job(decode(frame), cache)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        write_frame(results, encode(result))
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Confine this process as the spec ``argv[1]`` says, then serve jobs; the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--serve":
+        print("usage: python -m node_agent._plan_worker --serve SPEC", file=sys.stderr)
+        return 2
+    try:
+        jobs, results = confine(json.loads(args[1]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(str(exc))
+    return serve(jobs, results)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # os._exit: threads a plan started must not keep the worker alive once its input ended.
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

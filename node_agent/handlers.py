@@ -38,6 +38,7 @@ from node_agent.analytics import AnalyticsArgumentError, statistics_for_request
 from node_agent.context import HandlerError, NodeContext
 from node_agent.datasets import DataLoadingError, DatasetNotFoundError
 from node_agent.payloads import open_request, seal_reply
+from node_agent.plan_workers import plan_workers_for
 from node_agent.plans import PlanInvalidError, compute_plan_id
 from node_agent.preprocessing import PreprocessingError, load_training_table, run_preprocessing
 from node_agent.runner import (
@@ -285,6 +286,8 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
             validation_fraction=fraction,
             split_seed=seed,
             aux_var=aux_var,
+            workers=plan_workers_for(context),
+            reuse_key=(request.researcher_id, request.experiment_id, request.dataset_id),
         )
     # Under secure aggregation only the masked parameters leave the node.
     plain = outcome.params if secagg is None else {}

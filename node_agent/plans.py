@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,25 @@ class PlanRegistry(SqliteStore):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir / "plans.sqlite", [_SCHEMA])
+        self._revoke_listeners: list[Callable[[str | None], None]] = []
+
+    def add_revoke_listener(self, listener: Callable[[str | None], None]) -> None:
+        """Have ``listener(plan_id)`` called when a plan is rejected through this registry, and
+        ``listener(None)`` when the registry closes (no approval it gave holds any longer), so
+        what runs a plan (warm plan workers) can stop it at once."""
+        self._revoke_listeners.append(listener)
+
+    def _revoked(self, plan_id: str | None) -> None:
+        for listener in list(self._revoke_listeners):
+            listener(plan_id)
+
+    def close(self) -> None:
+        """Tell the revoke listeners, then close the database."""
+        try:
+            self._revoked(None)
+        finally:
+            self._revoke_listeners.clear()
+            super().close()
 
     def register(
         self, source: str, *, description: str = "", researcher_id: str = ""
@@ -138,7 +158,9 @@ class PlanRegistry(SqliteStore):
         Raises:
             PlanNotFoundError: no plan (or several) match ``plan_id``.
         """
-        return self._set_status(plan_id, TrainingPlanStatus.REJECTED, note)
+        record = self._set_status(plan_id, TrainingPlanStatus.REJECTED, note)
+        self._revoked(record.plan_id)
+        return record
 
     def _set_status(self, plan_id: str, status: TrainingPlanStatus, note: str) -> PlanRecord:
         full_id = self.resolve(plan_id)

@@ -1,42 +1,39 @@
-"""Run a training plan in a child process with a time limit.
+"""Run a training plan in a sandboxed child process with a time limit.
 
-The plan is user code: a crash, a hang or a ``sys.exit`` in it must never take the agent down.
-:func:`run_training` writes a msgpack job file, starts ``python -m node_agent._plan_worker`` in
-its own process group and a private temporary folder, waits at most ``timeout`` seconds and
-reads the msgpack result file. On timeout or cancellation the whole process group is killed.
-What the plan prints goes to a log kept for the node's operator, never to the researcher.
+The plan is user code: a crash, a hang or a ``sys.exit`` in it must never take the agent down,
+and what it may reach is limited (see :mod:`node_agent.sandbox`). :func:`run_training` encodes
+a msgpack job and hands it to a plan worker: a fresh one (``python -m node_agent._plan_worker``
+in its own process group, namespaces and private folder), or the warm worker of the same
+experiment and plan (see :mod:`node_agent.plan_workers`). It waits at most ``timeout`` seconds
+for the msgpack result; on timeout or cancellation the worker and everything it started are
+killed. What the plan prints goes to a log kept for the node's operator (its head and tail
+only), never to the researcher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import anyio
-import anyio.abc
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.codec import decode, encode
-from broker_net.errors import DecodeError
+from broker_net.codec import encode
 from node_agent.datasets import Table
+from node_agent.plan_process import WorkerLostError
+from node_agent.plan_workers import PlanWorkers, WorkerTimeoutError
+from node_agent.plans import PlanInvalidError, compute_plan_id
+from node_agent.sandbox import SandboxPolicy
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDATION_FRACTION = 0.2
 """Share of the rows held out to evaluate the plan after local training."""
-
-_OUTPUT_TAIL = 4000
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class PlanRunError(Exception):
@@ -122,6 +119,9 @@ async def run_training(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     split_seed: int = 0,
     aux_var: Mapping[str, Any] | None = None,
+    sandbox: SandboxPolicy | None = None,
+    workers: PlanWorkers | None = None,
+    reuse_key: tuple[Hashable, ...] | None = None,
 ) -> TrainingOutcome:
     """Train (or only evaluate) the plan class ``class_name`` of ``source`` on ``table``.
 
@@ -131,7 +131,13 @@ async def run_training(
     variables, when there are any. ``sample_size`` is the number of rows trained on, or
     evaluated on when ``training`` is false. ``timing`` holds ``rtime_training`` and
     ``ptime_training`` (wall and CPU seconds of ``train`` in the child) and ``rtime_process``
-    (wall seconds of the whole child process).
+    (wall seconds of the round in the child process, with its start when it is fresh).
+
+    With ``workers`` (a node's, see :func:`node_agent.plan_workers.plan_workers_for`) and a
+    ``reuse_key`` (e.g. researcher, experiment and dataset), the round runs on the warm worker
+    of that key and plan, in the workers' sandbox. Otherwise it runs in a fresh process under
+    ``sandbox``, by default :meth:`SandboxPolicy.limits_only`: limits, a minimal environment
+    and a private folder, but the caller's user and network.
 
     Raises:
         TrainingDataError: the table cannot be trained on (see :func:`check_training_table`).
@@ -153,94 +159,68 @@ async def run_training(
         "split_seed": split_seed,
         "aux_var": dict(aux_var or {}),
     }
-    with tempfile.TemporaryDirectory(prefix="broker-net-plan-") as folder:
-        work = Path(folder)
-        await anyio.to_thread.run_sync(_write_job, work / "job.mpk", job)
-        started = time.perf_counter()
-        returncode = await _run_worker(work, timeout)
-        elapsed = time.perf_counter() - started
-        result = await anyio.to_thread.run_sync(_read_result, work, returncode)
-    return TrainingOutcome(
-        params=dict(result["params"]),
-        sample_size=int(result["sample_size"]),
-        metrics={str(k): float(v) for k, v in result["metrics"].items()},
-        timing={
-            **{str(k): float(v) for k, v in result["timing"].items()},
-            "rtime_process": elapsed,
-        },
-        aux_var=dict(result.get("aux_var") or {}),
+    payload = await anyio.to_thread.run_sync(encode, job)
+    if workers is None or reuse_key is None:
+        workers = PlanWorkers(sandbox or SandboxPolicy.limits_only(), size=0)
+        reuse_key = ()
+    plan_id = _plan_id(source)
+    key = (*reuse_key, plan_id, class_name)
+    started = time.perf_counter()
+    try:
+        result, output = await workers.run(key, plan_id, payload, timeout=timeout)
+    except WorkerTimeoutError:
+        logger.warning("training plan timed out after %g s; killed it", timeout)
+        raise PlanTimeoutError(
+            f"the training plan ran longer than {timeout:g} s and was stopped"
+        ) from None
+    except WorkerLostError as exc:
+        _lost(exc)
+    return _outcome(result, output, time.perf_counter() - started)
+
+
+def _plan_id(source: str) -> str:
+    try:
+        return compute_plan_id(source)
+    except PlanInvalidError:  # the worker reports it as a failure to load
+        return hashlib.sha256(source.encode()).hexdigest()
+
+
+def _lost(error: WorkerLostError) -> NoReturn:
+    logger.warning("training plan process %s; output:\n%s", error.how, error.output)
+    if "SIGXCPU" in error.how:
+        raise PlanTimeoutError("the training plan used up its CPU time and was stopped")
+    raise PlanFailedError(
+        f"the training plan's process {error.how} without a result",
+        stage="process",
+        output=error.output,
     )
 
 
-def _write_job(path: Path, job: dict[str, Any]) -> None:
-    path.write_bytes(encode(job))
-
-
-async def _run_worker(work: Path, timeout: float) -> int:
-    command = [sys.executable, "-m", "node_agent._plan_worker", "job.mpk", "result.mpk"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
-    with (work / "output.log").open("wb") as output:
-        process = await anyio.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-            cwd=work,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            with anyio.fail_after(timeout):
-                return await process.wait()
-        except TimeoutError:
-            logger.warning("training plan timed out after %g s; killing it", timeout)
-            raise PlanTimeoutError(
-                f"the training plan ran longer than {timeout:g} s and was stopped"
-            ) from None
-        finally:
-            with anyio.CancelScope(shield=True):
-                if process.returncode is None:
-                    _kill_group(process)
-                await process.aclose()
-
-
-def _kill_group(process: anyio.abc.Process) -> None:
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(process.pid, signal.SIGKILL)
-        else:  # pragma: no cover - no process groups outside POSIX
-            process.kill()
-    except ProcessLookupError:
-        pass
-
-
-def _read_result(work: Path, returncode: int) -> dict[str, Any]:
-    output = _tail(work / "output.log")
-    try:
-        result = decode((work / "result.mpk").read_bytes())
-    except (OSError, DecodeError):
-        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited ({returncode})"
-        logger.warning("training plan process %s; output:\n%s", how, output)
-        raise PlanFailedError(
-            f"the training plan's process {how} without a result", stage="process", output=output
-        ) from None
+def _outcome(result: dict[str, Any], output: str, elapsed: float) -> TrainingOutcome:
     if not result.get("ok"):
-        message = f"the training plan failed in {result['stage']}: {result['error_type']}: "
-        logger.warning("%s%s\n%s", message, result["message"], result["traceback"])
+        message = f"the training plan failed in {result.get('stage')}: {result.get('error_type')}: "
+        logger.warning("%s%s\n%s", message, result.get("message"), result.get("traceback"))
         raise PlanFailedError(
-            message + str(result["message"]),
-            stage=str(result["stage"]),
-            error_type=str(result["error_type"]),
-            traceback=str(result["traceback"]),
+            message + str(result.get("message")),
+            stage=str(result.get("stage")),
+            error_type=str(result.get("error_type")),
+            traceback=str(result.get("traceback")),
             output=output,
         )
-    return dict(result)
-
-
-def _tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()[-_OUTPUT_TAIL:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")
+    try:  # the worker checked all this, unless the plan took over its process
+        return TrainingOutcome(
+            params=dict(result["params"]),
+            sample_size=int(result["sample_size"]),
+            metrics={str(k): float(v) for k, v in result["metrics"].items()},
+            timing={
+                **{str(k): float(v) for k, v in result["timing"].items()},
+                "rtime_process": elapsed,
+            },
+            aux_var=dict(result.get("aux_var") or {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PlanFailedError(
+            f"the training plan's process sent a malformed result ({exc!r})",
+            stage="process",
+            output=output,
+        ) from None

@@ -32,6 +32,61 @@ class NodeSettings(PartySettings):
     plan_timeout: float = Field(
         default=600.0, gt=0, description="Seconds a training plan may run before it is killed."
     )
+    plan_sandbox: bool = Field(
+        default=True,
+        description="Isolate training plans where the machine allows it: a separate user (agent "
+        "run as root), no network, their own processes and /tmp. Off: limits only.",
+    )
+    plan_user: str = Field(
+        default="nobody",
+        description="User (name or uid, optionally ':gid') plans run as when the agent is root; "
+        "best a user of their own, as RLIMIT_NPROC counts all of its processes.",
+    )
+    plan_memory_limit: int = Field(
+        default=4 * 1024**3, gt=0, description="Address space of each plan process (RLIMIT_AS)."
+    )
+    plan_max_processes: int = Field(
+        default=64, ge=1, description="Processes and threads of the plan user (RLIMIT_NPROC)."
+    )
+    plan_max_open_files: int = Field(
+        default=256, ge=16, description="Open files of each plan process (RLIMIT_NOFILE)."
+    )
+    plan_max_file_size: int = Field(
+        default=512 * 1024**2, gt=0, description="Largest file a plan may write (RLIMIT_FSIZE)."
+    )
+    plan_tmp_size: int = Field(
+        default=512 * 1024**2,
+        gt=0,
+        description="Size of a plan's private /tmp (memory-backed), where it is isolated.",
+    )
+    plan_threads: int = Field(
+        default=1, ge=1, description="Threads numpy's BLAS and OpenMP may use in a plan."
+    )
+    plan_output_limit: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Bytes of a plan's output kept for the node's log: its head and tail.",
+    )
+    plan_max_result_size: int = Field(
+        default=1024**3, gt=0, description="Largest result a plan may send back, in bytes."
+    )
+    plan_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Warm plan processes kept between the rounds of an experiment (e.g. 2); "
+        "0 starts a fresh process every round.",
+    )
+    plan_worker_idle_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds an unused warm plan process is kept."
+    )
+    plan_worker_max_rounds: int = Field(
+        default=100, ge=1, description="Rounds a warm plan process serves before a fresh one."
+    )
+    plan_worker_max_rss: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Resident memory (bytes) past which a warm plan process is replaced.",
+    )
     heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between heartbeats.")
     prefetch: int = Field(default=16, ge=1, description="Requests held unacknowledged at once.")
     heavy_concurrency: int = Field(

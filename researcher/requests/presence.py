@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from broker_net.messages import Heartbeat
+import anyio
+import anyio.abc
+
+from broker_net.frames import EnvelopeVerifier, FrameRefused, open_frame, read_message
+from broker_net.messages import Heartbeat, utc_now
+from broker_net.topology import QueueSpec
+from broker_net.transport import Transport
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -82,3 +91,29 @@ class PresenceTable:
         """When ``node_id`` went missing, ``None`` if online or never seen."""
         presence = self._nodes.get(node_id)
         return None if presence is None else presence.gone_since(now, self.patience)
+
+
+async def listen_to_heartbeats(
+    transport: Transport,
+    queue: QueueSpec,
+    table: PresenceTable,
+    verifier: EnvelopeVerifier | None,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Record every authentic heartbeat that arrives on ``queue`` in ``table``, until
+    cancelled; a heartbeat that fails authentication, or whose sender is not the node it
+    names, is dropped."""
+    async with transport.consume(queue, prefetch=256) as deliveries:
+        task_status.started()
+        async for delivery in deliveries:
+            try:
+                incoming = open_frame(delivery, verifier=verifier)
+                beat = read_message(incoming)
+            except FrameRefused as refused:
+                level = logging.INFO if refused.code.name == "REPLAYED_MESSAGE" else logging.WARNING
+                logger.log(level, "dropping a heartbeat: %s: %s", refused.code.name, refused.reason)
+            else:
+                if isinstance(beat, Heartbeat) and beat.node_id == incoming.header.sender_id:
+                    table.update(beat, arrived=utc_now(), arrived_monotonic=time.monotonic())
+            await delivery.ack()

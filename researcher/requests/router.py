@@ -34,11 +34,9 @@ from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
 from broker_net.messages import (
     ErrorMessage,
-    Heartbeat,
     PingRequest,
     RequestMessage,
     field_value,
-    utc_now,
 )
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, TransferProgress, Transport
@@ -46,7 +44,7 @@ from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import Receipt
 from researcher.requests.policies import DiscardOnTimeout, Policy
-from researcher.requests.presence import NodePresence, PresenceTable
+from researcher.requests.presence import NodePresence, PresenceTable, listen_to_heartbeats
 from researcher.requests.reply_log import LateReply, ReplyLog
 
 logger = logging.getLogger(__name__)
@@ -251,15 +249,9 @@ class Requests:
             delivery.correlation_id, node, refused.code.name, refused.reason,
         )  # fmt: skip
         if fed is not None and isinstance(node, str):
-            error = ErrorMessage(
-                request_id=fed.request_id,
-                researcher_id=self.researcher_id,
-                node_id=node,
-                code=refused.code,
-                message=f"the reply could not be received: {refused.reason}",
+            self._route(
+                fed, node, _transfer_error(fed.request_id, self.researcher_id, node, refused)
             )
-            if fed.deliver(node, error) is Receipt.LATE:
-                self._replies.keep_late(fed.request_id, node, error)
 
     def _open(self, delivery: Delivery, what: str) -> tuple[EnvelopeHeader, Any] | None:
         """Open, authenticate and decode a delivery; None (logged) when it must be dropped."""
@@ -269,13 +261,13 @@ class Requests:
         except FrameRefused as refused:
             if refused.stage == "transfer":
                 self._on_failed_transfer(delivery, refused)
-            elif refused.code is ErrorCode.REPLAYED_MESSAGE:
-                # Expected after a reconnect: the broker, or a node answering a redelivered
-                # request from its stored reply, hands over a copy already taken.
-                logger.info("dropping a %s seen before (a copy after a reconnect)", what)
             else:
-                logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
+                _log_dropped(what, refused)
             return None
+
+    def _route(self, fed: FederatedRequest, node: str, message: Any) -> None:
+        if fed.deliver(node, message) is Receipt.LATE:
+            self._replies.keep_late(fed.request_id, node, message)
 
     def _dispatch_reply(self, delivery: Delivery) -> None:
         opened = self._open(delivery, "reply")
@@ -291,8 +283,7 @@ class Requests:
         request_id = field_value(message, "request_id") or header.request_id
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
-            if fed.deliver(node, message) is Receipt.LATE:
-                self._replies.keep_late(fed.request_id, node, message)
+            self._route(fed, node, message)
         elif request_id is not None and self._replies.ended(request_id):
             self._replies.keep_late(request_id, node, message)
         else:
@@ -301,14 +292,28 @@ class Requests:
 
     async def _consume_presence(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         queue = self.topology.presence_queue(self.researcher_id)
-        async with self.transport.consume(queue, prefetch=256) as deliveries:
-            task_status.started()
-            async for delivery in deliveries:
-                opened = self._open(delivery, "heartbeat")
-                if opened is not None:
-                    header, beat = opened
-                    if isinstance(beat, Heartbeat) and beat.node_id == header.sender_id:
-                        self.presence.update(
-                            beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
-                        )
-                await delivery.ack()
+        await listen_to_heartbeats(
+            self.transport, queue, self.presence, self.security, task_status=task_status
+        )
+
+
+def _transfer_error(
+    request_id: str, researcher_id: str, node: str, refused: FrameRefused
+) -> ErrorMessage:
+    """The error that stands for a reply of ``node`` that could not be reassembled."""
+    return ErrorMessage(
+        request_id=request_id,
+        researcher_id=researcher_id,
+        node_id=node,
+        code=refused.code,
+        message=f"the reply could not be received: {refused.reason}",
+    )
+
+
+def _log_dropped(what: str, refused: FrameRefused) -> None:
+    if refused.code is ErrorCode.REPLAYED_MESSAGE:
+        # Expected after a reconnect: the broker, or a node answering a redelivered request
+        # from its stored reply, hands over a copy already taken.
+        logger.info("dropping a %s seen before (a copy after a reconnect)", what)
+    else:
+        logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)

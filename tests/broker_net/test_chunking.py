@@ -253,7 +253,7 @@ async def test_an_abandoned_transfer_is_dropped_with_a_log_line(
     chunks = await _chunks_of(_message(_body(1000), "abandoned"))
     for chunk in chunks[:-1]:  # the sender died before the last chunk
         await _to_node(chunked, topology)(chunk)
-    with caplog.at_level(logging.WARNING, logger="broker_net.chunking"):
+    with caplog.at_level(logging.WARNING, logger="broker_net.reassembly"):
         async with chunked.consume(topology.node_queue(NODE)) as deliveries:
             assert isinstance(deliveries, ReassembledStream)
             await _nothing_arrives(deliveries, wait=SMALL.idle_timeout * 2)

@@ -192,7 +192,17 @@ async def test_plan_status_and_approval(context):
     await handle_error(broken, context, ErrorCode.PLAN_INVALID)
 
 
-async def test_an_unapproved_plan_is_never_executed(context, tmp_path):
+async def test_an_unapproved_plan_is_never_executed(tmp_path):
+    # The witness is a file outside the plan's folder, which a sandboxed plan cannot write:
+    # this test of the approval gate turns the sandbox off (test_sandbox.py tests the sandbox).
+    context = open_context(tmp_path / "node", plan_timeout=20, plan_sandbox=False)
+    try:
+        await _unapproved_plan_is_never_executed(context, tmp_path)
+    finally:
+        context.close()
+
+
+async def _unapproved_plan_is_never_executed(context, tmp_path):
     marker = tmp_path / "the-plan-ran"
     source = f"open({str(marker)!r}, 'w').close()\n" + PLAN
     dataset_id = context.datasets.add(write_dataset(tmp_path / "a.npz", slice(0, 100))).dataset_id
