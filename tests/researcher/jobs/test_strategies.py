@@ -140,3 +140,19 @@ def test_per_node_training_args_override_the_experiments() -> None:
     messages = job.messages()
     assert messages["n1"].training_args == {"epochs": 2, "lr": 0.1}  # type: ignore[union-attr]
     assert messages["n2"].training_args == {"epochs": 5, "lr": 0.1}  # type: ignore[union-attr]
+
+
+def numpy_step(
+    kind: str, x: np.ndarray, m: np.ndarray, v: np.ndarray, average: np.ndarray, **settings: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One server step of Algorithm 2 in numpy: the next ``x``, ``m`` and ``v``."""
+    eta, beta_1, beta_2, tau = (settings[k] for k in ("eta", "beta_1", "beta_2", "tau"))
+    delta = average - x
+    m = beta_1 * m + (1 - beta_1) * delta
+    if kind == "fedadagrad":
+        v = v + delta**2
+    elif kind == "fedadam":
+        v = beta_2 * v + (1 - beta_2) * delta**2
+    else:
+        v = v - (1 - beta_2) * delta**2 * np.sign(v - delta**2)
+    return x + eta * m / (np.sqrt(v) + tau), m, v
