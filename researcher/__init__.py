@@ -14,8 +14,10 @@ from researcher.jobs.base import Job
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
+from researcher.jobs.sampling import Sampling, SamplingError
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.statistics import combine_statistics
+from researcher.jobs.strategies import FedAdagrad, FedAdam, FedAvg, FedYogi, Strategy
 from researcher.jobs.training import TrainingJob, TrainingResult
 from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError
@@ -58,7 +60,11 @@ __all__ = [
     "ExperimentResult",
     "FARequestJob",
     "FAResult",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
     "FedJob",
+    "FedYogi",
     "FederatedRequest",
     "Job",
     "JobError",
@@ -87,6 +93,8 @@ __all__ = [
     "Requests",
     "ResearcherSettings",
     "RoundRecord",
+    "Sampling",
+    "SamplingError",
     "Scheduler",
     "SecureAggregation",
     "SecureAggregationError",
@@ -96,6 +104,7 @@ __all__ = [
     "StopOnError",
     "StopOnStall",
     "StopOnTimeout",
+    "Strategy",
     "TrainingJob",
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",

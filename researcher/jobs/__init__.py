@@ -1,9 +1,10 @@
-"""Federated jobs: one request each with its checks, FedAvg experiments, secure aggregation.
+"""Federated jobs: one request each with its checks, experiments, secure aggregation.
 
 - :mod:`~researcher.jobs.base`, :mod:`~researcher.jobs.analytics`,
   :mod:`~researcher.jobs.preprocessing`, :mod:`~researcher.jobs.training`,
   :mod:`~researcher.jobs.plans`: the jobs;
-- :mod:`~researcher.jobs.experiment`: rounds of federated averaging;
+- :mod:`~researcher.jobs.experiment`: rounds of federated training, under a strategy
+  (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`);
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
@@ -18,8 +19,18 @@ from researcher.jobs.masked import masked_update, unflatten
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
+from researcher.jobs.sampling import Sampling, SamplingError, availability
 from researcher.jobs.secagg import SecureAggregation, default_threshold
 from researcher.jobs.statistics import combine_quantiles, combine_statistics
+from researcher.jobs.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedYogi,
+    NodeUpdate,
+    Strategy,
+    make_strategy,
+)
 from researcher.jobs.training import TrainingJob, TrainingResult
 
 __all__ = [
@@ -27,19 +38,29 @@ __all__ = [
     "ExperimentResult",
     "FARequestJob",
     "FAResult",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedYogi",
     "Job",
+    "NodeUpdate",
     "PreprocRequestJob",
     "PreprocResult",
     "RoundRecord",
+    "Sampling",
+    "SamplingError",
     "SecureAggregation",
+    "Strategy",
     "TrainingJob",
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",
     "TrainingResult",
+    "availability",
     "combine_quantiles",
     "combine_statistics",
     "default_threshold",
     "fedavg",
+    "make_strategy",
     "masked_update",
     "open_reply",
     "seal_request",

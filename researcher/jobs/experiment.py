@@ -1,4 +1,6 @@
-"""Experiment: N rounds of federated averaging over the nodes' datasets.
+"""Experiment: N rounds of federated training over the nodes' datasets, under a strategy
+(FedAvg by default, see :mod:`researcher.jobs.strategies`) and an optional client sampling
+(:mod:`researcher.jobs.sampling`).
 
 ::
 
@@ -23,8 +25,10 @@ import numpy.typing as npt
 
 from broker_net.messages import new_id
 from researcher.errors import RequestError
-from researcher.jobs.aggregation import fedavg, weighted_metrics
+from researcher.jobs.aggregation import weighted_metrics
+from researcher.jobs.sampling import Sampling
 from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.strategies import FedAvg, NodeUpdate, Strategy
 from researcher.jobs.training import TrainingJob
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeTiming
@@ -46,6 +50,9 @@ class RoundRecord:
         failed: nodes left out of the round, with the reason.
         secure_aggregation: the updates arrived masked and only their weighted sum was
             unmasked.
+        sampled: the nodes asked to train in the round.
+        skipped: the experiment's nodes that were not available (offline, excluded), with the
+            reason; only with a sampling.
     """
 
     round: int
@@ -58,6 +65,8 @@ class RoundRecord:
     duration: float
     request_id: str
     secure_aggregation: bool = False
+    sampled: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,7 +80,7 @@ class ExperimentResult:
 
 
 class Experiment:
-    """Federated averaging of a training plan over several nodes.
+    """Rounds of federated training of a training plan over several nodes.
 
     Args:
         requests: a started :class:`Requests`.
@@ -91,6 +100,11 @@ class Experiment:
             before the first round, each node then sends its update masked and the researcher
             learns only their weighted average. A node failing a round is recovered from while
             a strict majority remains. Needs security on every party.
+        strategy: chooses each round's nodes and per-node training arguments, and turns the
+            replies into the next global parameters (default :class:`FedAvg`). Under secure
+            aggregation it gets only the weighted mean (:meth:`Strategy.step`).
+        sampling: which of the available nodes (online per the heartbeats, not excluded) train
+            in each round; without it every node is asked every round, online or not.
     """
 
     def __init__(
@@ -111,6 +125,8 @@ class Experiment:
         source: str | None = None,
         hooks: Callable[[int], RequestHooks | None] | None = None,
         secagg: bool = False,
+        strategy: Strategy | None = None,
+        sampling: Sampling | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -121,6 +137,8 @@ class Experiment:
         self.source = source if source is not None else plan_source(plan)
         self.hooks = hooks
         self.secagg = secagg
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.sampling = sampling
         self.secure_aggregation: SecureAggregation | None = None
         self.datasets = dict(datasets)
         self.rounds = rounds
@@ -162,8 +180,15 @@ class Experiment:
         return result
 
     async def run_round(self, number: int) -> RoundRecord:
-        """Run one round and replace the global parameters by the FedAvg of the updates."""
+        """Run one round and replace the global parameters by the strategy's aggregate of the
+        updates.
+
+        Raises:
+            SamplingError: fewer available nodes than the sampling's ``min_nodes``.
+            RequestError: fewer than ``min_replies`` successful nodes.
+        """
         started = time.monotonic()
+        nodes, skipped = self._round_nodes(number)
         secagg = await self._secure_aggregation() if self.secagg else None
         job = TrainingJob(
             self.requests,
@@ -172,14 +197,15 @@ class Experiment:
             training_plan=self.source,
             training_plan_class=self.plan.__name__,
             params=self.params,
-            datasets=self.datasets,
+            datasets={node: self.datasets[node] for node in nodes},
             training_args=self.training_args,
+            node_training_args=self.strategy.configure(number, nodes),
             model_args=self.model_args,
             state_ids=self.state_ids,
             policies=self.policies,
             hooks=self.hooks(number) if self.hooks is not None else None,
             secagg_arguments=(
-                dict.fromkeys(self.datasets, secagg.arguments(number - 1)) if secagg else None
+                dict.fromkeys(nodes, secagg.arguments(number - 1)) if secagg else None
             ),
         )
         outcome = await job.execute()
@@ -191,13 +217,16 @@ class Experiment:
                 request_id=outcome.request_id,
             )
         if secagg is not None:
-            self.params, survivors = await secagg.fedavg(number - 1, usable)
+            average, survivors = await secagg.fedavg(number - 1, usable)
             usable = {node: usable[node] for node in survivors}
+            self.params = self.strategy.step(number, self.params, average)
         sizes = {node: int(reply.sample_size or 0) for node, reply in usable.items()}
         if secagg is None:
-            self.params = fedavg(
-                [reply.params or {} for reply in usable.values()], [sizes[n] for n in usable]
-            )
+            updates = {
+                node: NodeUpdate(reply.params or {}, sizes[node], reply.metrics)
+                for node, reply in usable.items()
+            }
+            self.params = self.strategy.aggregate(number, self.params, updates)
         metrics = {node: dict(reply.metrics) for node, reply in usable.items()}
         record = RoundRecord(
             round=number,
@@ -210,9 +239,22 @@ class Experiment:
             duration=time.monotonic() - started,
             request_id=outcome.request_id,
             secure_aggregation=secagg is not None,
+            sampled=nodes,
+            skipped=skipped,
         )
         logger.info("round %d: %s", number, record.aggregated_metrics)
         return record
+
+    def _round_nodes(self, number: int) -> tuple[list[str], dict[str, str]]:
+        """The round's nodes and, with a sampling, the unavailable nodes with the reason."""
+        if self.sampling is None:
+            return self.strategy.select(number, list(self.datasets), None), {}
+        available, skipped = self.sampling.available(number, self.datasets, self.requests.presence)
+        nodes = self.strategy.select(number, available, self.sampling)
+        if not nodes or not set(nodes) <= set(available):
+            raise ValueError(f"round {number}: the strategy chose {nodes} of {available}")
+        logger.info("round %d: sampled %s, skipped %s", number, nodes, skipped)
+        return nodes, skipped
 
     async def _secure_aggregation(self) -> SecureAggregation:
         """The experiment's secure aggregation, set up with every node on first use; round

@@ -35,6 +35,8 @@ class TrainingResult:
 class TrainingJob(Job):
     """One training (or validation-only) round on every node.
 
+    ``node_training_args`` overrides ``training_args`` on the nodes it names.
+
     Nodes that answer an error, time out or send ``success=False`` are listed in
     ``failed`` with the reason; the caller decides whether the round is still usable.
 
@@ -56,6 +58,7 @@ class TrainingJob(Job):
         params: Mapping[str, Any],
         datasets: Mapping[str, str],
         training_args: Mapping[str, Any] | None = None,
+        node_training_args: Mapping[str, Mapping[str, Any]] | None = None,
         model_args: Mapping[str, Any] | None = None,
         state_ids: Mapping[str, str | None] | None = None,
         aggregator_args: Mapping[str, Mapping[str, Any]] | None = None,
@@ -77,6 +80,7 @@ class TrainingJob(Job):
         self.params = dict(params)
         self.datasets = dict(datasets)
         self.training_args = dict(training_args or {})
+        self.node_training_args = {k: dict(v) for k, v in (node_training_args or {}).items()}
         self.model_args = dict(model_args or {})
         self.state_ids = dict(state_ids or {})
         self.aggregator_args = {k: dict(v) for k, v in (aggregator_args or {}).items()}
@@ -98,7 +102,7 @@ class TrainingJob(Job):
                     training_plan=self.training_plan,
                     training_plan_class=self.training_plan_class,
                     params=self.params,
-                    training_args=self.training_args,
+                    training_args={**self.training_args, **self.node_training_args.get(node, {})},
                     model_args=self.model_args,
                     dataset_id=dataset_id,
                     state_id=self.state_ids.get(node),

@@ -195,8 +195,60 @@ class PlanCheckTask(_Task):
     output_keys: ClassVar[frozenset[str]] = frozenset({"statuses", "approved"})
 
 
+class StrategySpec(BaseModel):
+    """The strategy of a training task (:mod:`researcher.jobs.strategies`), e.g.
+    ``{name: fedadam, server_learning_rate: 0.1}``; unset settings take the strategy's
+    defaults (η 0.1, β1 0.9, β2 0.99, τ 1e-3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["fedavg", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    server_learning_rate: float | None = Field(default=None, gt=0, description="η")
+    beta_1: float | None = Field(default=None, ge=0, lt=1, description="β1, momentum")
+    beta_2: float | None = Field(default=None, ge=0, lt=1, description="β2 (Adam, Yogi)")
+    tau: float | None = Field(default=None, gt=0, description="τ, adaptivity")
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> Self:
+        if self.name == "fedavg" and self.settings():
+            raise ValueError(f"fedavg takes no settings (got {', '.join(self.settings())})")
+        if self.name == "fedadagrad" and self.beta_2 is not None:
+            raise ValueError("fedadagrad takes no beta_2")
+        return self
+
+    def settings(self) -> dict[str, float]:
+        """The settings given, by name."""
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+class SamplingSpec(BaseModel):
+    """Client sampling of a training task (:class:`researcher.jobs.sampling.Sampling`), e.g.
+    ``{fraction: 0.5, seed: 1, min_nodes: 2, mandatory: [site-1]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float | None = Field(default=None, gt=0, le=1, description="Share of nodes.")
+    count: int | None = Field(default=None, ge=1, description="Or a number of nodes.")
+    seed: int | None = Field(default=None, description="Same seed, same choices.")
+    min_nodes: int = Field(default=1, ge=1, description="Available nodes a round needs.")
+    mandatory: list[str] = Field(default_factory=list, description="Taken when available.")
+    exclude: list[str] = Field(default_factory=list, description="Never taken.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give a fraction or a count of nodes, not both")
+        for node in (*self.mandatory, *self.exclude):
+            check_id("node id", node)
+        both = sorted(set(self.mandatory) & set(self.exclude))
+        if both:
+            raise ValueError(f"nodes both mandatory and excluded: {both}")
+        return self
+
+
 class TrainingTask(_Task):
-    """FedAvg rounds of a training plan over the nodes' datasets.
+    """Rounds of a training plan over the nodes' datasets, under a strategy (default FedAvg)
+    and optionally a client sampling.
 
     Outputs: ``rounds`` (rounds run), ``metrics`` (the last round's metrics, weighted by
     sample size), ``model`` (the final model file, relative to the job's folder) and
@@ -210,8 +262,13 @@ class TrainingTask(_Task):
     model_args: dict[str, Any] = Field(default_factory=dict)
     state_ids: dict[str, str | None] = Field(default_factory=dict)
     min_replies: int | None = Field(
-        default=None, ge=1, description="Nodes each round needs; default: all the task's nodes."
+        default=None,
+        ge=1,
+        description="Nodes each round needs; default: all the task's nodes, or the sampling's "
+        "min_nodes.",
     )
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    sampling: SamplingSpec | None = None
 
     input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
     output_keys: ClassVar[frozenset[str]] = frozenset({"rounds", "metrics", "model", "parameters"})

@@ -30,6 +30,8 @@ from researcher.jobs.analytics import FARequestJob
 from researcher.jobs.experiment import Experiment, RoundRecord
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob
+from researcher.jobs.sampling import Sampling
+from researcher.jobs.strategies import make_strategy
 from researcher.orchestration.spec import JobSpec, PlanSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
@@ -297,21 +299,28 @@ async def _training(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
     folder = store.model_dir(job_id, task.name, ctx.attempt)
     done = store.rounds(job_id, task.name, ctx.attempt)
     models = store.models(job_id, task.name)
+    strategy = make_strategy(task.strategy.name, **task.strategy.settings())
     if done:
         initial = _load_params(models[done[-1].round])
+        state = _state_path(models[done[-1].round])
+        if state.exists():
+            strategy.load_state(_load_params(state))
     else:
         model = plan_class()
         model.init_model(task.model_args)
         initial = dict(model.get_params())
         path = _save_params(folder / "round-0.npz", initial)
         store.add_model(job_id, task.name, ctx.attempt, 0, path)
+    sampling_spec = task.sampling
+    sampling = Sampling(**sampling_spec.model_dump()) if sampling_spec is not None else None
     experiment = Experiment(
         ctx.requests, plan=plan_class, source=plan.source, datasets=ctx.node_datasets,
         rounds=task.rounds, training_args=task.training_args, model_args=task.model_args,
         state_ids={n: task.state_ids.get(n) for n in ctx.nodes},
         policies=[DiscardOnTimeout(task.request_timeout)],
-        min_replies=task.min_replies or len(ctx.nodes), experiment_id=f"{job_id}.{task.name}",
-        initial_params=initial, hooks=lambda number: ctx.hooks(f"round-{number}"),
+        min_replies=task.min_replies or (sampling.min_nodes if sampling else len(ctx.nodes)),
+        experiment_id=f"{job_id}.{task.name}", initial_params=initial,
+        hooks=lambda number: ctx.hooks(f"round-{number}"), strategy=strategy, sampling=sampling,
     )  # fmt: skip
     if done:
         ctx.progress(f"resuming after round {done[-1].round} of {task.rounds}",
@@ -319,6 +328,8 @@ async def _training(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
 
     def on_round(record: RoundRecord) -> None:
         path = _save_params(folder / f"round-{record.round}.npz", experiment.params)
+        if state := experiment.strategy.state():
+            _save_params(_state_path(path), state)
         store.commit_round(
             job_id, task.name, ctx.attempt,
             RoundRow(task.name, ctx.attempt, record.round, record.request_id,
@@ -386,6 +397,11 @@ def load_plan_class(plan: PlanSpec) -> type[TrainingPlan]:
 def _save_params(path: Path, params: dict[str, npt.NDArray[Any]]) -> Path:
     np.savez(path, **params)  # type: ignore[arg-type]
     return path
+
+
+def _state_path(model: Path) -> Path:
+    """The strategy's state saved beside a round's model."""
+    return model.with_name(f"{model.stem}.strategy.npz")
 
 
 def _load_params(path: Path) -> dict[str, npt.NDArray[np.float64]]:

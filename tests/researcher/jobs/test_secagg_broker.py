@@ -23,9 +23,11 @@ from researcher.jobs.experiment import Experiment
 from researcher.jobs.masked import masked_update
 from researcher.jobs.payloads import seal_request
 from researcher.jobs.secagg import SecureAggregation
+from researcher.jobs.strategies import FedAdam
 from researcher.jobs.training import TrainingJob
 from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
+from tests.researcher.jobs.test_strategies import numpy_step
 from tests.support.processes import AgentProcesses
 from training_plans.logistic import LogisticRegressionPlan
 from training_plans.plan import plan_source
@@ -264,3 +266,35 @@ async def test_encrypted_aux_var_round_trip_and_replay_into_another_round(
 
     assert refused.replies == {}
     assert refused.failed["n1"].startswith("DECRYPTION_FAILED")
+
+
+async def test_a_server_optimizer_steps_from_the_securely_aggregated_mean(
+    requests: Requests, datasets: dict[str, str]
+) -> None:
+    averages: list[dict[str, np.ndarray]] = []
+
+    class RecordingAdam(FedAdam):
+        def step(self, round, params, average):  # type: ignore[no-untyped-def]
+            averages.append(dict(average))
+            return super().step(round, params, average)
+
+    experiment = Experiment(
+        requests, plan=LogisticRegressionPlan, datasets=datasets, rounds=2,
+        training_args=TRAINING_ARGS, model_args={"n_features": 4},
+        policies=[DiscardOnTimeout(30)], initial_params=_initial_params(), secagg=True,
+        strategy=RecordingAdam(server_learning_rate=0.05, tau=1e-2),
+    )  # fmt: skip
+    result = await experiment.run()
+
+    assert all(record.secure_aggregation for record in result.rounds) and len(averages) == 2
+    plain, _ = await _plain_fedavg(requests, datasets, _initial_params())
+    _assert_close(averages[0], plain)
+    settings = {"eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-2}
+    names = sorted(plain)
+    x = np.concatenate([_initial_params()[n].ravel() for n in names])
+    m, v = np.zeros_like(x), np.full_like(x, 1e-4)
+    for average in averages:
+        flat = np.concatenate([average[n].ravel() for n in names])
+        x, m, v = numpy_step("fedadam", x, m, v, flat, **settings)
+    actual = np.concatenate([result.params[n].ravel() for n in names])
+    np.testing.assert_allclose(actual, x, rtol=0, atol=1e-12)
