@@ -36,6 +36,7 @@ import numpy.typing as npt
 from broker_net.codec import decode, encode
 from node_agent._confine import confine, fail
 from node_agent.plan_process import read_frame, write_frame
+from training_plans.corrections import check_supported
 from training_plans.plan import TrainingPlan
 
 _T = TypeVar("_T")
@@ -140,6 +141,8 @@ def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     timing: dict[str, float] = {}
     if training:
+        supports = frozenset(getattr(plan, "supports", ()))
+        _stage("train", lambda: check_supported(supports, job["training_args"], aux_var))
         wall, cpu = time.perf_counter(), time.process_time()
         train_metrics = _stage(
             "train", lambda: plan.train(x[train], y[train], job["training_args"])

@@ -36,6 +36,7 @@ from broker_net.messages import (
 from broker_net.version import __version__
 from node_agent.analytics import AnalyticsArgumentError, statistics_for_request
 from node_agent.context import HandlerError, NodeContext
+from node_agent.control_variates import keep_client_variate, with_client_variate
 from node_agent.datasets import DataLoadingError, DatasetNotFoundError
 from node_agent.payloads import open_request, seal_reply
 from node_agent.plan_workers import plan_workers_for
@@ -238,9 +239,11 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
     ``split_seed`` (0) of the node's train / validation split.
 
     Encrypted parameters and auxiliary variables are decrypted first and the reply's encrypted
-    in kind (see :mod:`node_agent.payloads`). With ``secagg_arguments`` the reply's ``params``
-    are ``{"masked", "shapes"}``: the trained parameters weighted by the sample size and
-    masked, so only their sum over the nodes can be read.
+    in kind (see :mod:`node_agent.payloads`). A SCAFFOLD round gets the node's control variate
+    added and keeps its update (see :mod:`node_agent.control_variates`). With
+    ``secagg_arguments`` the reply's ``params`` are ``{"masked", "shapes"}``: the trained
+    parameters weighted by the sample size and masked, so only their sum over the nodes can be
+    read.
 
     Raises:
         HandlerError: PLAN_NOT_APPROVED, PLAN_INVALID, DATASET_NOT_FOUND, STATE_NOT_FOUND,
@@ -263,6 +266,9 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
                 status=status.value,
                 training_plan_id=compute_plan_id(request.training_plan),
             )
+        aux_var = await anyio.to_thread.run_sync(
+            with_client_variate, context.states, request, aux_var
+        )
         entry = await anyio.to_thread.run_sync(context.datasets.get, request.dataset_id)
         if entry.target is None:
             raise TrainingDataError(f"dataset {entry.dataset_id!r} has no registered target column")
@@ -288,6 +294,9 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
             aux_var=aux_var,
             workers=plan_workers_for(context),
             reuse_key=(request.researcher_id, request.experiment_id, request.dataset_id),
+        )
+        await anyio.to_thread.run_sync(
+            keep_client_variate, context.states, request, aux_var, outcome.aux_var
         )
     # Under secure aggregation only the masked parameters leave the node.
     plain = outcome.params if secagg is None else {}

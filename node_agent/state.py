@@ -79,6 +79,18 @@ class NodeStateStore(SqliteStore):
             conn.execute("INSERT INTO states VALUES (?, ?, ?)", (state_id, now, now))
         return state_id
 
+    def create(self, state_id: str) -> None:
+        """Create an empty state under ``state_id`` (``state_<32 hex>``) unless it exists.
+
+        Raises:
+            ValueError: ``state_id`` is not a state id.
+        """
+        if not _STATE_ID.match(state_id):
+            raise ValueError(f"not a state id: {state_id!r}")
+        now = _now()
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO states VALUES (?, ?, ?)", (state_id, now, now))
+
     def exists(self, state_id: str) -> bool:
         """Whether a state has id ``state_id``."""
         with self._transaction() as conn:

@@ -17,7 +17,15 @@ from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.statistics import combine_statistics
-from researcher.jobs.strategies import FedAdagrad, FedAdam, FedAvg, FedYogi, Strategy
+from researcher.jobs.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Scaffold,
+    Strategy,
+)
 from researcher.jobs.training import TrainingJob, TrainingResult
 from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError
@@ -64,6 +72,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedJob",
+    "FedProx",
     "FedYogi",
     "FederatedRequest",
     "Job",
@@ -95,6 +104,7 @@ __all__ = [
     "RoundRecord",
     "Sampling",
     "SamplingError",
+    "Scaffold",
     "Scheduler",
     "SecureAggregation",
     "SecureAggregationError",

@@ -7,11 +7,12 @@ A researcher sends it as is (its source is a one-line import, see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from training_plans.corrections import LocalCorrection
 from training_plans.plan import Params, TrainingPlan
 
 __all__ = ["LogisticRegressionPlan"]
@@ -25,16 +26,32 @@ class LogisticRegressionPlan(TrainingPlan):
     ``model_args``: ``n_features`` (required). ``training_args``: ``epochs`` (1), ``batch_size``
     (32), ``learning_rate`` (0.1), ``l2`` (0.0, weight decay), ``seed`` (0). Targets are 0 or 1.
     Parameters: ``coef`` (n_features,) and ``intercept`` (1,).
+
+    FedProx (``training_args["fedprox_mu"]``) and SCAFFOLD (the ``scaffold_c`` auxiliary
+    variable) correct every step's gradient, see :mod:`training_plans.corrections`.
     """
+
+    supports: ClassVar[frozenset[str]] = frozenset({"fedprox", "scaffold"})
 
     def __init__(self) -> None:
         self.coef = np.zeros(0, dtype=np.float64)
         self.intercept = np.zeros(1, dtype=np.float64)
+        self.aux_var_in: dict[str, Any] = {}
+        self.aux_var_out: dict[str, Any] = {}
 
     def init_model(self, model_args: Mapping[str, Any]) -> None:
         """Start from zero weights for ``model_args["n_features"]`` features."""
         self.coef = np.zeros(int(model_args["n_features"]), dtype=np.float64)
         self.intercept = np.zeros(1, dtype=np.float64)
+        self.aux_var_in, self.aux_var_out = {}, {}
+
+    def set_aux_var(self, aux_var: Mapping[str, Any]) -> None:
+        """Keep the round's auxiliary variables (SCAFFOLD's control variates) for ``train``."""
+        self.aux_var_in = dict(aux_var)
+
+    def get_aux_var(self) -> dict[str, Any]:
+        """SCAFFOLD's ``Δc_i`` after a SCAFFOLD round, else nothing."""
+        return self.aux_var_out
 
     def get_params(self) -> Params:
         """Return copies of ``coef`` and ``intercept``."""
@@ -51,6 +68,9 @@ class LogisticRegressionPlan(TrainingPlan):
         if coef.shape != self.coef.shape:
             raise ValueError(f"'coef' must have shape {self.coef.shape}, not {coef.shape}")
         self.coef, self.intercept = coef, intercept
+
+    def _params(self) -> Params:
+        return {"coef": self.coef, "intercept": self.intercept}
 
     def _probabilities(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         logits = np.clip(x @ self.coef + self.intercept[0], -500.0, 500.0)
@@ -72,13 +92,18 @@ class LogisticRegressionPlan(TrainingPlan):
         rate = float(training_args.get("learning_rate", 0.1))
         l2 = float(training_args.get("l2", 0.0))
         rng = np.random.default_rng(int(training_args.get("seed", 0)))
+        correction = LocalCorrection(self._params(), training_args, self.aux_var_in)
         for _ in range(epochs):
             order = rng.permutation(len(y))
             for start in range(0, len(y), batch_size):
                 batch = order[start : start + batch_size]
                 error = self._probabilities(x[batch]) - y[batch]
-                self.coef -= rate * (x[batch].T @ error / len(batch) + l2 * self.coef)
-                self.intercept -= rate * float(np.mean(error))
+                coef = x[batch].T @ error / len(batch) + l2 * self.coef
+                intercept = np.array([np.mean(error)])
+                self.coef -= rate * correction.gradient("coef", self.coef, coef)
+                self.intercept -= rate * correction.gradient("intercept", self.intercept, intercept)
+                correction.count_step()
+        self.aux_var_out = correction.aux_var(self._params(), rate)
         return {"loss": self._log_loss(x, y)}
 
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:

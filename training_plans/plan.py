@@ -23,7 +23,7 @@ import sys
 import textwrap
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -57,7 +57,14 @@ class TrainingPlan(ABC):
     ``set_aux_var(aux_var)`` when the request carries optimizer auxiliary variables, then
     ``train(x, y, training_args)`` (skipped in validation-only rounds),
     ``evaluate(x_val, y_val)``, ``get_params()`` and ``get_aux_var()``.
+
+    A plan that applies FedProx's proximal term or SCAFFOLD's correction during ``train``
+    (see :mod:`training_plans.corrections`) names them in :attr:`supports`; a round asking a
+    plan for one it does not name fails instead of training without it.
     """
+
+    supports: ClassVar[frozenset[str]] = frozenset()
+    """The local corrections ``train`` applies: ``"fedprox"``, ``"scaffold"``."""
 
     @abstractmethod
     def init_model(self, model_args: Mapping[str, Any]) -> None:

@@ -105,6 +105,9 @@ class Experiment:
             aggregation it gets only the weighted mean (:meth:`Strategy.step`).
         sampling: which of the available nodes (online per the heartbeats, not excluded) train
             in each round; without it every node is asked every round, online or not.
+        encrypt_aux_var: encrypt the strategy's optimizer auxiliary variables (SCAFFOLD's
+            control variates) for each node, and have the nodes encrypt theirs for the
+            researcher; needs security on every party.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class Experiment:
         secagg: bool = False,
         strategy: Strategy | None = None,
         sampling: Sampling | None = None,
+        encrypt_aux_var: bool = False,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -139,6 +143,12 @@ class Experiment:
         self.secagg = secagg
         self.strategy = strategy if strategy is not None else FedAvg()
         self.sampling = sampling
+        self.encrypt_aux_var = encrypt_aux_var
+        if secagg and not self.strategy.secure_aggregation:
+            raise ValueError(
+                f"the {self.strategy.name} strategy cannot run under secure aggregation"
+            )
+        self.strategy.prepare(list(datasets))
         self.secure_aggregation: SecureAggregation | None = None
         self.datasets = dict(datasets)
         self.rounds = rounds
@@ -200,6 +210,8 @@ class Experiment:
             datasets={node: self.datasets[node] for node in nodes},
             training_args=self.training_args,
             node_training_args=self.strategy.configure(number, nodes),
+            optim_aux_var=self.strategy.optim_aux_var(number, nodes, self.params),
+            encrypt_aux_var=self.encrypt_aux_var,
             model_args=self.model_args,
             state_ids=self.state_ids,
             policies=self.policies,
@@ -223,7 +235,9 @@ class Experiment:
         sizes = {node: int(reply.sample_size or 0) for node, reply in usable.items()}
         if secagg is None:
             updates = {
-                node: NodeUpdate(reply.params or {}, sizes[node], reply.metrics)
+                node: NodeUpdate(
+                    reply.params or {}, sizes[node], reply.metrics, reply.optim_aux_var or {}
+                )
                 for node, reply in usable.items()
             }
             self.params = self.strategy.aggregate(number, self.params, updates)
