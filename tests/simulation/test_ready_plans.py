@@ -1,5 +1,6 @@
 """The ready plans (the numpy MLP and the scikit-learn linear estimators) trained on the demo
-data in simulation, under FedAvg and a server optimizer, to a sensible accuracy."""
+data in simulation, under FedAvg and a server optimizer, and the MLP under FedProx and SCAFFOLD,
+to a sensible accuracy."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
+import numpy as np
 import pytest
 
+from node_agent.datasets import DatasetRegistry
+from node_agent.plans import PlanRegistry
+from researcher.jobs.experiment import Experiment, ExperimentResult
+from researcher.jobs.strategies import FedProx, Scaffold, Strategy
 from researcher.orchestration.fedjob import FedJob
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.spec import JobSpec
-from simulation.federation import simulate
+from researcher.requests.policies import DiscardOnTimeout
+from simulation.federation import _simulated_network, simulate
+from simulation.sample_data import breast_cancer, shard
+from training_plans.mlp import MLPPlan
+from training_plans.plan import plan_source
 
 
 def spec_text(plan: str, model_args: dict[str, Any], strategy: str, training: str) -> str:
@@ -87,3 +98,44 @@ def test_a_ready_plan_trains_on_the_demo_data(
     assert result.state is State.SUCCESS, result.reason
     assert len(result.rounds["train"]) == 4
     assert result.outputs["train"]["metrics"][metric] > floor
+
+
+def _standardised_shards(root: Path, nodes: list[str]) -> dict[str, str]:
+    """Each node's shard of the demo data, standardised with the pooled statistics."""
+    data = breast_cancer()
+    mean, std = data.x_train.mean(axis=0), data.x_train.std(axis=0)
+    datasets = {}
+    for index, node in enumerate(nodes):
+        x, y = shard(data, index, len(nodes))
+        path = root / "nodes" / node / "shard.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, X=(x - mean) / std, y=y, columns=np.array(data.columns))
+        with DatasetRegistry(path.parent) as registry:
+            datasets[node] = registry.add(path, name="shard").dataset_id
+    return datasets
+
+
+@pytest.mark.parametrize("strategy", [FedProx(mu=0.1), Scaffold()], ids=["fedprox", "scaffold"])
+def test_the_mlp_trains_under_fedprox_and_scaffold_with_encrypted_aux_vars(
+    tmp_path: Path, strategy: Strategy
+) -> None:
+    nodes = ["site-1", "site-2", "site-3"]
+    datasets = _standardised_shards(tmp_path, nodes)
+
+    async def run() -> ExperimentResult:
+        async with _simulated_network(tmp_path, nodes) as requests:
+            for node in nodes:
+                with PlanRegistry(tmp_path / "nodes" / node) as plans:
+                    plans.approve(plans.register(plan_source(MLPPlan)).plan_id)
+            experiment = Experiment(
+                requests, plan=MLPPlan, datasets=datasets, rounds=4,
+                training_args={"epochs": 2, "batch_size": 16, "learning_rate": 0.05},
+                model_args={"n_features": 30, "hidden": 8}, strategy=strategy,
+                encrypt_aux_var=True, policies=[DiscardOnTimeout(60)],
+            )  # fmt: skip
+            return await experiment.run()
+
+    result = anyio.run(run)
+
+    assert [record.nodes for record in result.rounds] == [nodes] * 4
+    assert result.rounds[-1].aggregated_metrics["accuracy"] > 0.9

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from researcher.jobs.experiment import Experiment
 from researcher.jobs.strategies import FedProx, NodeUpdate, Scaffold, make_strategy
+from training_plans.logistic import LogisticRegressionPlan
 
 ETA_G = 0.7
 N = 5  # the experiment's nodes; three take part in each round
@@ -89,3 +91,19 @@ def test_fedprox_asks_every_node_for_mu_and_averages() -> None:
     assert strategy.describe() == {"name": "fedprox", "mu": 0.25}
     with pytest.raises(ValueError, match="mu"):
         FedProx(mu=-1)
+
+
+def test_an_experiment_refuses_scaffold_under_secure_aggregation() -> None:
+    with pytest.raises(ValueError, match="scaffold strategy cannot run under secure aggregation"):
+        Experiment(
+            None,  # type: ignore[arg-type]  # refused before any request
+            plan=LogisticRegressionPlan, datasets={"a": "d"}, model_args={"n_features": 2},
+            secagg=True, strategy=Scaffold(),
+        )  # fmt: skip
+    strategy = Scaffold()
+    Experiment(
+        None,  # type: ignore[arg-type]
+        plan=LogisticRegressionPlan, datasets={"a": "d", "b": "e"},
+        model_args={"n_features": 2}, strategy=strategy,
+    )  # fmt: skip
+    assert strategy.n_nodes == 2  # N: every node of the experiment
