@@ -41,6 +41,7 @@ from broker_net.messages import (
 )
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, TransferProgress, Transport
+from researcher.errors import NodesMissingError
 from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import Receipt
@@ -179,12 +180,15 @@ class Requests:
         """Wait until every node in ``nodes`` has been seen online.
 
         Raises:
-            TimeoutError: some node did not show up within ``timeout`` seconds.
+            NodesMissingError: some node did not show up within ``timeout`` seconds (a
+                ``TimeoutError`` naming them).
         """
         wanted = set(nodes)
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout):
             while not wanted <= set(self.presence.online_ids()):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+            return
+        raise NodesMissingError(sorted(wanted - set(self.presence.online_ids())), timeout)
 
     def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
         """Replies to requests this process did not send, by request id, until a resumed
