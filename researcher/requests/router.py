@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -102,8 +102,7 @@ class Requests:
         await self.transport.declare(*self.topology.researcher_declarations(self.researcher_id))
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        await self._task_group.start(self._consume_replies)
-        await self._task_group.start(self._consume_presence)
+        await _start(self._task_group, self._consume_replies, self._consume_presence)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -302,3 +301,15 @@ class Requests:
                             beat, arrived=utc_now(), arrived_monotonic=time.monotonic()
                         )
                 await delivery.ack()
+
+
+async def _start(group: TaskGroup, *consumers: Callable[..., Coroutine[Any, Any, None]]) -> None:
+    """Start each consumer in ``group``, entered; if one fails to start, ``group`` is closed
+    before the error goes on, so no task group is left open around the caller's scopes."""
+    try:
+        for consume in consumers:
+            await group.start(consume)
+    except BaseException as exc:
+        group.cancel_scope.cancel()
+        await group.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
