@@ -137,6 +137,6 @@ def connection_reason(exc: BaseException) -> str:
     text = str(exc)
     if "within" in text:
         return "no answer in time"
-    if text.endswith("closed") or "ConnectionClosed" in text:
+    if "closed" in text.lower():
         return "the connection closed"
     return text or type(exc).__name__

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import anyio
 import httpx
 import pytest
 from rich.console import Console
@@ -178,6 +179,26 @@ async def test_waiting_for_absent_nodes_names_them() -> None:
     assert isinstance(raised.value, TimeoutError)
     assert raised.value.missing == ["ghost", "phantom"]
     assert "ghost, phantom" in str(raised.value)
+
+
+class _LosesPresence(MemoryTransport):
+    """A broker that goes as the presence consumer starts."""
+
+    def consume(self, queue, **options):  # type: ignore[no-untyped-def]
+        if queue.name.endswith(".presence"):
+            raise ConnectionLostError("the broker went")
+        return super().consume(queue, **options)
+
+
+@pytest.mark.anyio
+async def test_a_consumer_that_cannot_start_leaves_no_task_group_open() -> None:
+    # A task group left open by Requests.__aenter__ broke every scope around it: "exit a
+    # cancel scope that isn't the current task's" instead of the broker's error.
+    async with _LosesPresence(MemoryBroker()) as transport:
+        with pytest.raises(ExceptionGroup) as raised:
+            async with anyio.create_task_group(), Requests(transport, "r"):
+                pass
+    assert isinstance(first_error(raised.value), ConnectionLostError)
 
 
 def test_errors_are_unwrapped_and_passwords_masked() -> None:
