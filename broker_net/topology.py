@@ -67,11 +67,14 @@ class Topology:
         queue_type: ``quorum`` for node and reply queues on a RabbitMQ cluster.
         max_queue_length: optional bound on a node's request queue; a publish to a full queue
             is refused (and, on classic queues, dead-lettered).
+        transient_replies: declare the researcher's reply queue auto-deleted, and no
+            dead-letter queue: for a one-shot command that must leave no queue behind.
     """
 
     namespace: str = DEFAULT_NAMESPACE
     queue_type: QueueType = "classic"
     max_queue_length: int | None = None
+    transient_replies: bool = False
 
     def __post_init__(self) -> None:
         check_id("namespace", self.namespace.replace(".", "_"))
@@ -133,6 +136,9 @@ class Topology:
         """The durable queue researcher ``researcher_id`` reads every reply from."""
         check_id("researcher id", researcher_id)
         name = f"{self.namespace}.researcher.{researcher_id}.replies"
+        if self.transient_replies:
+            bindings = ((self.replies_exchange.name, name),)
+            return QueueSpec(name, durable=False, auto_delete=True, bindings=bindings)
         return QueueSpec(
             name,
             arguments=self._type_arguments(),
@@ -172,7 +178,7 @@ class Topology:
         """Everything a researcher declares before sending, in order."""
         return [
             *self._exchanges(),
-            self.dead_letter_queue,
+            *([] if self.transient_replies else [self.dead_letter_queue]),
             self.researcher_queue(researcher_id),
             self.presence_queue(researcher_id),
         ]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from broker_net.cli_errors import USAGE, CliError, guard
 from node_agent.datasets import (
     DataLoadingError,
     DatasetEntry,
@@ -38,15 +39,15 @@ dataset_app = typer.Typer(
 )
 
 _out = Console()
-_err = Console(stderr=True)
 
 
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code=1)
+def _fail(message: str) -> CliError:
+    """An input error: a bad file, an unknown id or status (exit code 2)."""
+    return CliError(message, USAGE)
 
 
 @dataset_app.command("add")
+@guard
 def add(
     path: Annotated[
         Path,
@@ -85,6 +86,7 @@ def add(
 
 
 @dataset_app.command("list")
+@guard
 def list_datasets(
     tag: Annotated[
         list[str] | None,
@@ -108,6 +110,7 @@ def list_datasets(
 
 
 @dataset_app.command("remove")
+@guard
 def remove(
     dataset_id: Annotated[str, typer.Argument(help="The id shown by 'dataset list'.")],
     data_dir: DataDir = DEFAULT_DATA_DIR,

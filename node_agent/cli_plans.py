@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table as RichTable
 
+from broker_net.cli_errors import USAGE, CliError, guard
 from broker_net.codes import TrainingPlanStatus
 from node_agent.cli_dataset import DEFAULT_DATA_DIR, DataDir
 from node_agent.plans import PlanNotFoundError, PlanRegistry
@@ -28,7 +29,6 @@ _STATUSES = {
     "rejected": TrainingPlanStatus.REJECTED,
 }
 _out = Console()
-_err = Console(stderr=True)
 
 PlanId = Annotated[
     str, typer.Argument(help="The plan's id as shown by 'plans list', or its first 6+ characters.")
@@ -36,12 +36,13 @@ PlanId = Annotated[
 Note = Annotated[str, typer.Option(help="Why, kept with the plan.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code=1)
+def _fail(message: str) -> CliError:
+    """An input error: a bad file, an unknown id or status (exit code 2)."""
+    return CliError(message, USAGE)
 
 
 @plans_app.command("list")
+@guard
 def list_plans(
     status: Annotated[
         str | None, typer.Option(help="Only plans with this status: pending, approved, rejected.")
@@ -79,6 +80,7 @@ def list_plans(
 
 
 @plans_app.command("show")
+@guard
 def show(
     plan_id: PlanId,
     source: Annotated[bool, typer.Option(help="Print the plan's source code.")] = True,
@@ -107,12 +109,14 @@ def show(
 
 
 @plans_app.command("approve")
+@guard
 def approve(plan_id: PlanId, note: Note = "", data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Approve a plan: researchers may then train it on this node's data."""
     _set(plan_id, TrainingPlanStatus.APPROVED, note, data_dir)
 
 
 @plans_app.command("reject")
+@guard
 def reject(plan_id: PlanId, note: Note = "", data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Reject a plan: it will never run on this node (unless approved later)."""
     _set(plan_id, TrainingPlanStatus.REJECTED, note, data_dir)

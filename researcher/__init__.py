@@ -3,6 +3,7 @@
 from researcher.errors import (
     JobError,
     NodeErrorReply,
+    NodesMissingError,
     NoReplyError,
     RequestError,
     RequestTimeoutError,
@@ -87,6 +88,7 @@ __all__ = [
     "NodePresence",
     "NodeState",
     "NodeTiming",
+    "NodesMissingError",
     "PlanApprovalTask",
     "PlanCheckTask",
     "Policy",

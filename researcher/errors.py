@@ -38,6 +38,20 @@ class RequestTimeoutError(RequestError, TimeoutError):
     """Raised when nodes did not answer in time and the caller needed their answers."""
 
 
+class NodesMissingError(RequestTimeoutError):
+    """Raised when nodes a caller waits for are not seen online in time.
+
+    Attributes:
+        missing: the node ids never seen online.
+    """
+
+    def __init__(self, missing: list[str], timeout: float) -> None:
+        super().__init__(
+            f"node(s) {', '.join(missing)} not online after {timeout:g} s: no heartbeat heard"
+        )
+        self.missing = missing
+
+
 class NoReplyError(RequestError):
     """Raised when a job got no usable reply from any node."""
 

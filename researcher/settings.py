@@ -27,6 +27,11 @@ class ResearcherSettings(PartySettings):
     default_timeout: float = Field(
         default=600.0, gt=0, description="Seconds before a silent node is given up on."
     )
+    broker_patience: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a command rides out a lost broker connection before it fails.",
+    )
     security: bool = Field(
         default=True, description="Authenticate every message with this researcher's keys."
     )

@@ -11,6 +11,7 @@ transport; ``--external-nodes`` drives node agents started elsewhere (docker-com
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -29,7 +30,6 @@ from rich.console import Console
 from broker_net.amqp.transport import AmqpTransport
 from broker_net.crypto.authentication import Security
 from broker_net.crypto.introductions import introduce
-from broker_net.errors import BrokerNetError
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
@@ -127,6 +127,10 @@ async def run(
                 with console.status("waiting for the node agents' identities..."):
                     await _wait_for_identities(root, nodes)
             security = await anyio.to_thread.run_sync(_introduce, researcher_dir, root, nodes)
+            transport: MemoryTransport | AmqpTransport = MemoryTransport(broker)
+            if not simulate:  # connected first: a broker it cannot reach fails the demo at once
+                transport = AmqpTransport(amqp_url, connection_name="researcher:demo")
+                await stack.enter_async_context(transport)
             if external_nodes is None:
                 for index, node in enumerate(NODES):
                     await anyio.to_thread.run_sync(
@@ -138,12 +142,8 @@ async def run(
                     await stack.enter_async_context(_in_process_nodes(broker, namespace, root))
                 else:
                     await stack.enter_async_context(_node_processes(amqp_url, namespace, root))
-            transport: MemoryTransport | AmqpTransport = (
-                MemoryTransport(broker)
-                if simulate
-                else AmqpTransport(amqp_url, connection_name="researcher:demo")
-            )
-            await stack.enter_async_context(transport)
+            if simulate:
+                await stack.enter_async_context(transport)
             requests = await stack.enter_async_context(
                 Requests(transport, RESEARCHER, topology=Topology(namespace), security=security)
             )
@@ -174,7 +174,8 @@ async def _wait_for_identities(root: Path, nodes: list[str]) -> None:
 
 def _first_failure(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+        errors = [e for e in exc.exceptions if not isinstance(e, asyncio.CancelledError)]
+        exc = (errors or list(exc.exceptions))[0]
     return exc
 
 
@@ -219,12 +220,12 @@ def main(
                 secagg=secagg,
             )
         )  # fmt: skip
-    except (BrokerNetError, TimeoutError, ExceptionGroup) as exc:
+    except Exception as exc:  # one line, as every command reports its failure
         failure = _first_failure(exc)
-        console.print(f"[red]The demo failed: {type(failure).__name__}: {failure}[/red]")
-        if not simulate:
-            console.print("`python -m simulation.demo --simulate` runs it without a broker.")
-        raise typer.Exit(2) from exc
+        hint = "" if simulate else "; `broker-net-demo run --simulate` runs it without a broker"
+        message = " ".join(f"{type(failure).__name__}: {failure}".split())
+        typer.echo(f"error: the demo failed: {message}{hint}", err=True)
+        raise typer.Exit(1) from None
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
 
 

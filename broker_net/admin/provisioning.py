@@ -17,6 +17,9 @@ from broker_net.topology import Topology, check_id
 
 NOTHING = "^$"
 
+HELPER_SUFFIX = "-status"
+"""The one helper id a researcher's user also covers: ``<researcher id>-status``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Permissions:
@@ -68,13 +71,24 @@ def node_permissions(topology: Topology, node_id: str) -> Permissions:
 def researcher_permissions(topology: Topology, researcher_id: str) -> Permissions:
     """What researcher ``researcher_id``'s broker user may do.
 
-    Its own reply and presence queues include those of helper ids ``<id>-<suffix>`` (the
-    ``researcher status`` command listens under ``<id>-status``).
+    Its own reply and presence queues, and those of its one helper id ``<id>-status`` (the
+    ``researcher status`` command listens under it). The patterns are anchored on the whole
+    name: researcher ``alice`` reaches nothing of researcher ``alice-2``.
+
+    Raises:
+        ValueError: ``researcher_id`` is not a valid id, or ends with ``-status`` (reserved for
+            the helper id of another researcher).
     """
     check_id("researcher id", researcher_id)
+    if researcher_id.endswith(HELPER_SUFFIX):
+        raise ValueError(
+            f"researcher id {researcher_id!r} ends with {HELPER_SUFFIX!r}, which is reserved for "
+            "the status command of another researcher"
+        )
     ns = re.escape(topology.namespace)
-    own = f"^{ns}\\.researcher\\.{re.escape(researcher_id)}(-[A-Za-z0-9_-]+)?\\.(replies|presence)$"
-    own_replies = own.replace("(replies|presence)", "replies")
+    rid = re.escape(researcher_id)
+    own = f"^{ns}\\.researcher\\.{rid}(?:{re.escape(HELPER_SUFFIX)})?\\.(?:replies|presence)$"
+    own_replies = own.replace("(?:replies|presence)", "replies")
     dead_letter = topology.dead_letter_queue.name
     return Permissions(
         configure=f"{own}|" + _names(dead_letter, *_exchange_names(topology)),

@@ -86,12 +86,15 @@ async def consume_queue(
         yield stream
     finally:
         inbox.close()
-        with anyio.move_on_after(5, shield=True):
-            try:
-                await amqp_queue.cancel(tag)
-                await channel.close()
-            except Exception as exc:  # closing a dead channel is not an error
-                logger.debug("closing consumer of %s: %s", queue.name, exc)
+        # On a connection closed for good nothing is restored, so there is no consumer to
+        # cancel (and cancelling would wait for a broker that may be gone).
+        if not connection.is_closed:
+            with anyio.move_on_after(5, shield=True):
+                try:
+                    await amqp_queue.cancel(tag)
+                    await channel.close()
+                except Exception as exc:  # closing a dead channel is not an error
+                    logger.debug("closing consumer of %s: %s", queue.name, exc)
 
 
 def _delivery(incoming: AbstractIncomingMessage) -> Delivery:

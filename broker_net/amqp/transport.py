@@ -120,6 +120,12 @@ class AmqpTransport:
                 await connection.close()
 
     @property
+    def connected(self) -> bool:
+        """True while the connection to the broker is up; False while it is being restored
+        (or once closed)."""
+        return self._connection is not None and self._connection.connected.is_set()
+
+    @property
     def channel(self) -> AbstractChannel:
         """The publishing channel (declarations go there too)."""
         return self._publisher.channel

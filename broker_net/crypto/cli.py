@@ -1,4 +1,8 @@
-"""Identity and trust commands shared by the ``node-agent`` and ``researcher`` CLIs."""
+"""Identity and trust commands shared by the ``node-agent`` and ``researcher`` CLIs.
+
+Their errors are one line each (see :mod:`broker_net.cli_errors`): an unreadable file, a key
+file that is unsafe or malformed, or a line that is no public identity exit with code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from broker_net.cli_errors import USAGE, CliError, guard
 from broker_net.crypto.identities import Identity, PublicIdentity, TrustStore
 from broker_net.crypto.introductions import trust
 from broker_net.envelope import Role
@@ -31,6 +36,7 @@ def identity_commands(
     )
 
     @identity_app.command("show")
+    @guard
     def show() -> None:
         """Print the public identity line to hand to the other parties' operators, and the
         fingerprint to read to them over another channel. Creates the keys on first use."""
@@ -40,6 +46,7 @@ def identity_commands(
         typer.echo(f"fingerprint: {identity.fingerprint}", err=True)
 
     @trust_app.command("add")
+    @guard
     def add(
         source: Annotated[str, typer.Argument(help="A .pub file, or the identity line itself.")],
     ) -> None:
@@ -50,17 +57,20 @@ def identity_commands(
             try:
                 text = Path(source).read_text().strip()
             except OSError as exc:
-                typer.echo(f"cannot read {source}: {exc}", err=True)
-                raise typer.Exit(2) from exc
+                reason = (exc.strerror or str(exc)).lower()
+                raise CliError(
+                    f"cannot read {source}: {reason}; give a .pub file or the identity line",
+                    USAGE,
+                ) from None
         try:
             identity = PublicIdentity.from_text(text)
         except (SecurityError, ValueError) as exc:
-            typer.echo(f"not a valid public identity: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise CliError(f"not a valid public identity: {exc}", USAGE) from None
         filed = trust(identity, trust_dir)
         typer.echo(f"trusted {identity.party_id} ({identity.fingerprint}) in {filed}")
 
     @trust_app.command("list")
+    @guard
     def listing() -> None:
         """List the trusted parties and their fingerprints."""
         _, _, trust_dir = locate()

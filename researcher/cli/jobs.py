@@ -2,8 +2,11 @@
 
 Two typer apps, mounted on the ``researcher`` command; ``python -m researcher.cli.jobs`` runs
 them alone. Every command reads ``BROKER_NET_RESEARCHER_*`` settings; jobs live in the store
-in ``data_dir``. Each command takes ``--json``. Exit codes: 0 done (the job succeeded), 1 the
-job ended in another state, 2 the command could not be carried out.
+in ``data_dir``. Each command takes ``--json``. Exit codes: 0 done (the job succeeded); 1 the
+job ended in another state, or the broker failed; 2 the command was wrong (unknown job or
+task, bad spec, a job in the wrong state); errors are one line (:mod:`broker_net.cli_errors`).
+A job is stored once the broker answers, and one a failed command could not start is marked
+failed: no later command runs it unasked.
 """
 
 from __future__ import annotations
@@ -15,19 +18,22 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
+from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from broker_net.amqp.transport import AmqpTransport
-from broker_net.errors import BrokerNetError
+from broker_net.cli_errors import USAGE, CliApp, CliError, explain, guard, validation_summary
+from broker_net.messages import new_id
+from researcher.cli.broker import load_settings, session
 from researcher.orchestration import outputs
 from researcher.orchestration.lifecycle import State
-from researcher.orchestration.scheduler import Scheduler, stop_job
+from researcher.orchestration.scheduler import Scheduler, cancel_unfinished, stop_job
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
-from researcher.orchestration.store.records import JobNotFoundError
+from researcher.orchestration.store.records import JobNotFoundError, this_process
 from researcher.orchestration.task_specs import SpecError
-from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
 
 job_app = typer.Typer(
@@ -48,47 +54,65 @@ JobArgument = Annotated[str, typer.Argument(help="The job id.")]
 TaskOption = Annotated[str | None, typer.Option("--task", help="Only this task.")]
 
 
-def _settings() -> ResearcherSettings:
-    settings = ResearcherSettings()
-    settings.configure_logging()
-    return settings
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"researcher: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(2)
-
-
 def _with_store(action: Callable[[JobStore, ResearcherSettings], T]) -> T:
-    settings = _settings()
+    settings = load_settings()
     try:
         with JobStore(settings.data_dir) as store:
             return action(store, settings)
-    except (JobNotFoundError, SpecError, outputs.OutputError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+    except SpecError as exc:
+        raise CliError(_spec_problem(exc), USAGE) from None
+    except (JobNotFoundError, outputs.OutputError, ValueError) as exc:
+        raise CliError(str(exc), USAGE) from None
+
+
+def _spec_problem(exc: SpecError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError):
+        return f"invalid job spec: {validation_summary(cause)}"
+    if isinstance(cause, OSError):
+        return f"cannot read the job spec {cause.filename}: {(cause.strerror or '').lower()}"
+    return str(exc)
 
 
 def _with_scheduler(
-    settings: ResearcherSettings, store: JobStore, work: Callable[[Scheduler], Awaitable[T]]
+    settings: ResearcherSettings,
+    store: JobStore,
+    work: Callable[[Scheduler], Awaitable[T]],
+    job_id: Callable[[], str | None] = lambda: None,
+    queued_here: bool = True,
 ) -> T:
-    """Connect to the broker as this researcher and run ``work`` with a scheduler."""
+    """Connect to the broker as this researcher and run ``work`` with a scheduler.
+
+    When it fails, the job ``job_id()`` names is left as no later command picks it up unasked:
+    one this command queued (``queued_here``) and could not start is marked failed; one that
+    was running waits for ``job resume``. The error says which.
+    """
 
     async def run() -> T:
-        async with (
-            AmqpTransport(
-                settings.amqp_url, connection_name=f"researcher:{settings.researcher_id}:jobs"
-            ) as transport,
-            Requests(
-                transport, settings.researcher_id, topology=settings.topology,
-                default_timeout=settings.default_timeout, security=settings.load_security(),
-            ) as requests,
-        ):  # fmt: skip
+        async with session(settings, purpose=f"{settings.researcher_id}:jobs") as requests:
             return await work(Scheduler(store, requests))
 
     try:
         return anyio.run(run)
-    except BrokerNetError as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        error = explain(exc)
+        settled = _settle(store, job_id(), error, queued_here)
+        raise CliError(error.message + settled, error.code) from None
+
+
+def _settle(store: JobStore, job_id: str | None, error: CliError, queued_here: bool) -> str:
+    """Leave job ``job_id`` as no later command picks up unasked; say what became of it."""
+    if job_id is None:
+        return ""
+    job = store.job(job_id)
+    mine = job.owner in (None, this_process()) or job.orphaned
+    if queued_here and job.state is State.WAITING and mine:
+        cancel_unfinished(store, job_id, "the command failed", job_state=State.FAILED,
+                          job_reason=f"not started: {error.message}")  # fmt: skip
+        return f"; job {job_id} did not start (failed; `researcher job rerun {job_id}` retries)"
+    if job.state is State.RUNNING:
+        return f"; job {job_id} is kept: `researcher job resume {job_id}` continues it"
+    return ""
 
 
 def _print_json(value: Any) -> None:
@@ -96,17 +120,18 @@ def _print_json(value: Any) -> None:
 
 
 def _finish(store: JobStore, job_id: str, as_json: bool) -> None:
-    """Print the job's status and exit 1 unless it succeeded."""
+    """Print the job's status; unless it succeeded, fail (exit 1) with its state and reason."""
     status = outputs.job_status(store, job_id)
     if as_json:
         _print_json(status)
     else:
         _print_status(status)
     if status["state"] != State.SUCCESS.value:
-        raise typer.Exit(1)
+        raise CliError(f"job {job_id} ended {status['state']}: {status['reason']}")
 
 
 @job_app.command("submit")
+@guard
 def submit(
     spec_path: Annotated[Path, typer.Argument(help="The job spec (YAML).", metavar="SPEC")],
     queue_only: Annotated[
@@ -119,21 +144,35 @@ def submit(
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
         spec = JobSpec.load(spec_path)
-        reason = "queued; it runs when a scheduler runs the queue (`researcher job submit`)"
-        job = store.create_job(
-            spec, researcher_id=settings.researcher_id, reason=reason if queue_only else ""
-        )
-        typer.echo(f"job {job.job_id} submitted ({spec.name})", err=True)
-        if not queue_only:
-            _with_scheduler(settings, store, lambda scheduler: scheduler.run_queue())
-            _finish(store, job.job_id, as_json)
-        elif as_json:
-            _print_json(job.as_dict())
+        if queue_only:
+            reason = "queued; it runs when a scheduler runs the queue (`researcher job submit`)"
+            job = store.create_job(spec, researcher_id=settings.researcher_id, reason=reason)
+            if as_json:
+                _print_json(job.as_dict())
+            else:
+                _submitted(job.job_id, spec.name)
+            return
+        created: list[str] = []
+
+        async def work(scheduler: Scheduler) -> None:
+            # Stored once the broker answered, so a broker it cannot reach stores nothing.
+            created.append(scheduler.submit(spec).job_id)
+            if not as_json:
+                _submitted(created[0], spec.name)
+            await scheduler.run_queue()
+
+        _with_scheduler(settings, store, work, lambda: created[0] if created else None)
+        _finish(store, created[0], as_json)
 
     _with_store(action)
 
 
+def _submitted(job_id: str, name: str) -> None:
+    typer.echo(f"job {job_id} submitted ({name})")
+
+
 @job_app.command("resume")
+@guard
 def resume(job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Continue a job whose process died (same researcher id, so the same reply queue): the
     replies that waited in the queue are consumed and the job finishes where it was."""
@@ -147,24 +186,29 @@ def resume(job_id: JobArgument, as_json: JsonOption = False) -> None:
                 f"job {job_id} was sent by researcher {job.researcher_id!r}; resume it with "
                 f"BROKER_NET_RESEARCHER_RESEARCHER_ID={job.researcher_id} to read its replies"
             )
-        _with_scheduler(settings, store, lambda scheduler: scheduler.resume(job_id))
+        _with_scheduler(
+            settings, store, lambda s: s.resume(job_id), lambda: job_id, queued_here=False
+        )
         _finish(store, job_id, as_json)
 
     _with_store(action)
 
 
 @job_app.command("rerun")
+@guard
 def rerun(job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Run a failed, timed-out or canceled job again, keeping its succeeded tasks."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
-        _with_scheduler(settings, store, lambda scheduler: scheduler.rerun(job_id))
+        store.job(job_id)  # an unknown job is refused, as by `job status`
+        _with_scheduler(settings, store, lambda scheduler: scheduler.rerun(job_id), lambda: job_id)
         _finish(store, job_id, as_json)
 
     _with_store(action)
 
 
 @job_app.command("stop")
+@guard
 def stop(job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Stop a job: its waiting and running tasks are canceled, succeeded ones kept."""
 
@@ -180,6 +224,7 @@ def stop(job_id: JobArgument, as_json: JsonOption = False) -> None:
 
 
 @job_app.command("list")
+@guard
 def list_jobs(
     state: Annotated[State | None, typer.Option("--state", help="Only jobs in this state.")] = None,
     as_json: JsonOption = False,
@@ -191,26 +236,30 @@ def list_jobs(
         if as_json:
             _print_json([job.as_dict() for job in jobs])
             return
-        table = Table(title=f"jobs in {settings.data_dir}")
-        table.add_column("job", no_wrap=True)
-        table.add_column("name")
-        table.add_column("state", no_wrap=True)
-        table.add_column("prio", justify="right")
-        table.add_column("created (UTC)")
-        table.add_column("reason", ratio=2)
+        # 80 columns: each job's name and reason go under its id.
+        table = Table(title=f"jobs in {settings.data_dir}", box=box.SIMPLE_HEAD,
+                      collapse_padding=True)  # fmt: skip
+        table.add_column("job: name and reason", overflow="fold", min_width=len(new_id("job")))
+        table.add_column("state", max_width=10)
+        table.add_column("prio", justify="right", no_wrap=True)
+        table.add_column("created (UTC)", no_wrap=True)
         for job in jobs:
             label = job.state.value + (" (process gone)" if job.orphaned else "")
             reason = job.reason
             if job.orphaned:
                 reason += f"; `researcher job resume {job.job_id}` continues it"
-            table.add_row(job.job_id, job.name, label, str(job.priority),
-                          job.created_at[:19].replace("T", " "), reason)  # fmt: skip
+            described = Text(f"{job.job_id}\n")
+            described.append(f"{job.name}: ", style="bold")
+            described.append(reason)
+            table.add_row(described, label, str(job.priority),
+                          job.created_at[:19].replace("T", " "), end_section=True)  # fmt: skip
         console.print(table)
 
     _with_store(action)
 
 
 @job_app.command("status")
+@guard
 def status(job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Show a job, its tasks and every state change, with reasons."""
 
@@ -240,12 +289,14 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 @output_app.command("metrics")
+@guard
 def output_metrics(
     job_id: JobArgument, task: TaskOption = None, as_json: JsonOption = False
 ) -> None:
     """Each training round's aggregated and per-node metrics."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
+        store.job(job_id)  # an unknown job is refused, as by `job status`
         value = outputs.metrics(store, job_id, task)
         if as_json:
             _print_json(value)
@@ -267,6 +318,7 @@ def output_metrics(
 
 
 @output_app.command("model")
+@guard
 def output_model(
     job_id: JobArgument,
     download: Annotated[
@@ -278,6 +330,7 @@ def output_model(
     """Copy a training task's final model, each round's and the round metrics to a folder."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
+        store.job(job_id)  # an unknown job is refused, as by `job status`
         value = outputs.download_model(store, job_id, download, task)
         if as_json:
             _print_json(value)
@@ -289,10 +342,12 @@ def output_model(
 
 
 @output_app.command("data")
+@guard
 def output_data(job_id: JobArgument, task: TaskOption = None, as_json: JsonOption = False) -> None:
     """Each task's outputs (statistics, state ids, plan ids...) and each node's answers."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
+        store.job(job_id)  # an unknown job is refused, as by `job status`
         value = outputs.data(store, job_id, task)
         if as_json:
             _print_json(value)
@@ -319,6 +374,7 @@ def output_data(job_id: JobArgument, task: TaskOption = None, as_json: JsonOptio
 
 
 @output_app.command("plot")
+@guard
 def output_plot(
     job_id: JobArgument,
     task: TaskOption = None,
@@ -328,6 +384,7 @@ def output_plot(
     """Draw a training task's round metrics to a PNG."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
+        store.job(job_id)  # an unknown job is refused, as by `job status`
         target = out or Path(f"{job_id}_metrics.png")
         path = outputs.plot_metrics(store, job_id, target, task)
         if as_json:
@@ -357,7 +414,7 @@ def _secs(value: float | None) -> str:
 
 def standalone_app() -> typer.Typer:
     """Both apps under one command, as the ``researcher`` command mounts them."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False)
+    app = CliApp(no_args_is_help=True, add_completion=False)
     app.add_typer(job_app, name="job")
     app.add_typer(output_app, name="output")
     return app

@@ -11,13 +11,15 @@ import typer
 
 from broker_net.admin.management import ManagementClient
 from broker_net.admin.provisioning import provision
+from broker_net.cli_errors import read_settings
 from broker_net.crypto.cli import identity_commands
 from broker_net.errors import TransportError
+from researcher.cli.broker import management_error
 from researcher.settings import ResearcherSettings
 
 
 def _locate() -> tuple[str, Path, Path]:
-    settings = ResearcherSettings()
+    settings = read_settings(ResearcherSettings)
     return (
         settings.researcher_id,
         settings.data_dir / "identity",
@@ -38,24 +40,31 @@ def provision_command(
     """Create a RabbitMQ user for this researcher and one per node, each allowed only what
     its role needs, through the management API (admin credentials from
     BROKER_NET_RESEARCHER_MANAGEMENT_USER / _PASSWORD). Passwords are written to a file,
-    never printed."""
-    settings = ResearcherSettings()
+    never printed; a file that cannot be written is refused before any user is made."""
+    settings = read_settings(ResearcherSettings)
 
     async def run() -> dict[str, str]:
         async with ManagementClient(
             settings.management_url, settings.management_user, settings.management_password
         ) as management:
-            return await provision(
-                management, vhost, settings.topology, researcher_id=settings.researcher_id,
-                nodes=node,
-            )  # fmt: skip
+            try:
+                return await provision(
+                    management, vhost, settings.topology, researcher_id=settings.researcher_id,
+                    nodes=node,
+                )  # fmt: skip
+            except TransportError as exc:
+                raise management_error(exc, settings) from None
 
+    existed = passwords_file.exists()
+    descriptor = os.open(passwords_file, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         passwords = anyio.run(run)
-    except TransportError as exc:
-        typer.echo(f"researcher: provisioning failed: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    descriptor = os.open(passwords_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except BaseException:
+        os.close(descriptor)
+        if not existed:
+            passwords_file.unlink(missing_ok=True)
+        raise
+    os.ftruncate(descriptor, 0)
     with os.fdopen(descriptor, "w") as out:
         for user, password in passwords.items():
             out.write(f"{user}={password}\n")

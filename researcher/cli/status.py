@@ -15,8 +15,9 @@ from typing import Any
 import anyio
 
 from broker_net.admin.management import ManagementClient
-from broker_net.errors import BrokerAccessError
+from broker_net.errors import BrokerAccessError, TransportError
 from broker_net.transport import Transport
+from researcher.cli.broker import management_error, one_shot_topology
 from researcher.requests.presence import NodePresence
 from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
@@ -50,24 +51,28 @@ async def collect_status(
     """Listen to heartbeats for ``listen`` seconds, then read every node queue's figures.
 
     Every node with a request queue in the namespace is listed, and so is every node heard
-    from. ``listen`` should cover at least one heartbeat interval (2 s by default).
+    from. ``listen`` should cover at least one heartbeat interval (2 s by default). It listens
+    under the helper id ``<researcher id>-status`` on queues that go with it (see
+    :mod:`researcher.cli.broker`), and asks the management API once before listening, so
+    that wrong management settings fail at once.
 
     Raises:
-        TransportError: the broker or its management API cannot be reached.
-        BrokerAccessError: the management credentials are refused.
+        TransportError: the broker cannot be reached.
+        CliError: the management API cannot be reached or refuses the credentials.
     """
     topology = settings.topology
     prefix = f"{topology.namespace}.node."
-    async with (
-        Requests(transport, f"{settings.researcher_id}-status", topology=topology) as requests,
-        ManagementClient(
-            settings.management_url, settings.management_user, settings.management_password
-        ) as management,
-    ):
-        await anyio.sleep(listen)
-        queues = await management.queues(settings.vhost, prefix)
-        presence = {p.node_id: p for p in requests.presence.all()}
-        patience = requests.presence.patience
+    helper = f"{settings.researcher_id}-status"
+    async with ManagementClient(
+        settings.management_url, settings.management_user, settings.management_password
+    ) as management:
+        await _queues(management, settings, prefix)
+        topology = await one_shot_topology(transport, topology, helper)
+        async with Requests(transport, helper, topology=topology) as requests:
+            await anyio.sleep(listen)
+            queues = await _queues(management, settings, prefix)
+            presence = {p.node_id: p for p in requests.presence.all()}
+            patience = requests.presence.patience
     by_node = {
         q["name"][len(prefix) : -len(".requests")]: q
         for q in queues
@@ -82,6 +87,15 @@ async def collect_status(
         beat = presence.get(node_id)
         statuses.append(_status(node_id, name, queue, consumers, beat, now, patience))
     return statuses
+
+
+async def _queues(
+    management: ManagementClient, settings: ResearcherSettings, prefix: str
+) -> list[dict[str, Any]]:
+    try:
+        return await management.queues(settings.vhost, prefix)
+    except TransportError as exc:
+        raise management_error(exc, settings) from None
 
 
 async def _consumers(transport: Transport, name: str, queue: dict[str, Any]) -> int:

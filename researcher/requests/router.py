@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -40,6 +40,7 @@ from broker_net.messages import (
 )
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, TransferProgress, Transport
+from researcher.errors import NodesMissingError
 from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import Receipt
@@ -100,8 +101,7 @@ class Requests:
         await self.transport.declare(*self.topology.researcher_declarations(self.researcher_id))
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        await self._task_group.start(self._consume_replies)
-        await self._task_group.start(self._consume_presence)
+        await _start(self._task_group, self._consume_replies, self._consume_presence)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -183,12 +183,15 @@ class Requests:
         """Wait until every node in ``nodes`` has been seen online.
 
         Raises:
-            TimeoutError: some node did not show up within ``timeout`` seconds.
+            NodesMissingError: some node did not show up within ``timeout`` seconds (a
+                ``TimeoutError`` naming them).
         """
         wanted = set(nodes)
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout):
             while not wanted <= set(self.presence.online_ids()):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+            return
+        raise NodesMissingError(sorted(wanted - set(self.presence.online_ids())), timeout)
 
     def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
         """Replies to requests this process did not send, by request id, until a resumed
@@ -317,3 +320,15 @@ def _log_dropped(what: str, refused: FrameRefused) -> None:
         logger.info("dropping a %s seen before (a copy after a reconnect)", what)
     else:
         logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
+
+
+async def _start(group: TaskGroup, *consumers: Callable[..., Coroutine[Any, Any, None]]) -> None:
+    """Start each consumer in ``group``, entered; if one fails to start, ``group`` is closed
+    before the error goes on, so no task group is left open around the caller's scopes."""
+    try:
+        for consume in consumers:
+            await group.start(consume)
+    except BaseException as exc:
+        group.cancel_scope.cancel()
+        await group.__aexit__(type(exc), exc, exc.__traceback__)
+        raise

@@ -56,14 +56,14 @@ def test_data_dir_comes_from_the_node_environment(tmp_path, csv_file):
         assert len(registry.list()) == 1
 
 
-def test_errors_exit_non_zero_with_a_message(tmp_path, csv_file):
+def test_errors_exit_2_with_one_line(tmp_path, csv_file):
     data_dir = str(tmp_path / "node")
     bad_target = invoke("add", str(csv_file), "--target", "nope", "--data-dir", data_dir)
-    assert bad_target.exit_code == 1
-    assert "target column 'nope'" in bad_target.output
+    assert bad_target.exit_code == 2
+    assert bad_target.stderr.startswith("error: target column 'nope'")
     unknown = invoke("remove", "dataset_nope", "--data-dir", data_dir)
-    assert unknown.exit_code == 1
-    assert "no dataset with id" in unknown.output
+    assert unknown.exit_code == 2
+    assert unknown.stderr == "error: no dataset with id 'dataset_nope'\n"
     assert invoke("add", str(tmp_path / "missing.csv"), "--data-dir", data_dir).exit_code == 2
 
 

@@ -64,13 +64,14 @@ def test_approve_then_reject(data_dir):
         assert plans.status(SOURCE) is TrainingPlanStatus.REJECTED
 
 
-def test_errors_exit_non_zero_with_a_message(data_dir):
+def test_errors_exit_2_with_one_line(data_dir):
     unknown = invoke("approve", "0" * 64, "--data-dir", str(data_dir))
-    assert unknown.exit_code == 1 and "no training plan" in unknown.output
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: no training plan")
     short = invoke("show", "ab", "--data-dir", str(data_dir))
-    assert short.exit_code == 1 and "at least 6" in short.output
+    assert short.exit_code == 2 and "at least 6" in short.stderr
     bad_status = invoke("list", "--status", "maybe", "--data-dir", str(data_dir))
-    assert bad_status.exit_code == 1 and "unknown status" in bad_status.output
+    assert bad_status.exit_code == 2 and "unknown status" in bad_status.stderr
+    assert all(len(r.stderr.splitlines()) == 1 for r in (unknown, short, bad_status))
 
 
 def test_every_command_has_help():

@@ -14,7 +14,7 @@ import anyio.lowlevel
 import pytest
 
 from broker_net.admin.management import ManagementClient
-from broker_net.admin.provisioning import provision
+from broker_net.admin.provisioning import provision, researcher_permissions
 from broker_net.amqp import AmqpTransport
 from broker_net.errors import BrokerAccessError
 from broker_net.messages import PingRequest
@@ -115,3 +115,37 @@ async def test_a_node_cannot_bind_its_queue_to_another_nodes_requests(
         with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="ACCESS_REFUSED"):
             await queue.bind(topology.requests_exchange.name, routing_key="n2")
         await anyio.lowlevel.checkpoint()
+
+
+async def test_a_researcher_cannot_reach_a_researcher_whose_id_it_prefixes() -> None:
+    vhost = f"test-prov-{uuid.uuid4().hex[:8]}"
+    prefix = f"t{uuid.uuid4().hex[:6]}-"
+    async with ManagementClient(MANAGEMENT_URL) as management:
+        passwords = {}
+        try:
+            for researcher in ("alice", "alice-2"):
+                passwords |= await provision(
+                    management, vhost, Topology(), researcher_id=researcher, nodes=[],
+                    username_prefix=prefix,
+                )  # fmt: skip
+            deployment = Deployment(vhost, prefix, passwords)
+            async with (
+                AmqpTransport(deployment.url("alice-2"), connection_name="alice-2") as other,
+                Requests(other, "alice-2"),  # declares alice-2's reply queue
+                AmqpTransport(deployment.url("alice"), connection_name="alice") as alice,
+            ):
+                with pytest.raises(BrokerAccessError, match="ACCESS_REFUSED"):
+                    async with alice.consume(Topology().researcher_queue("alice-2")) as replies:
+                        async for _ in replies:
+                            break
+                async with Requests(alice, "alice"):  # its own queues still work
+                    pass
+        finally:
+            await management.delete_vhost(vhost)
+            for user in passwords:
+                await management.delete_user(user)
+
+
+def test_a_researcher_id_cannot_take_another_researchers_helper_id() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        researcher_permissions(Topology(), "alice-status")
