@@ -57,7 +57,7 @@ class Cancellations:
         self.wait = wait
         self.remember = remember
         self._running: dict[str, Work] = {}
-        self._early: OrderedDict[str, str] = OrderedDict()
+        self._early: OrderedDict[tuple[str, str], None] = OrderedDict()  # (target, sender)
 
     def start(self, request_id: str, sender: str) -> Work:
         """Track the request from now on; call :meth:`end` when it is over."""
@@ -72,10 +72,10 @@ class Cancellations:
 
     def cancelled_early(self, request_id: str, sender: str) -> bool:
         """True (once) when ``sender`` cancelled this request before it arrived."""
-        if self._early.get(request_id) == sender:
-            del self._early[request_id]
-            return True
-        return False
+        if (request_id, sender) not in self._early:
+            return False
+        del self._early[request_id, sender]
+        return True
 
     async def answer(
         self,
@@ -135,7 +135,7 @@ class Cancellations:
         return work.cancelled
 
     def _remember(self, target: str, sender: str) -> None:
-        self._early[target] = sender
-        self._early.move_to_end(target)
+        self._early[target, sender] = None
+        self._early.move_to_end((target, sender))
         while len(self._early) > self.remember:
             self._early.popitem(last=False)
