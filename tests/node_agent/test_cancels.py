@@ -14,9 +14,12 @@ from broker_net.codes import ErrorCode
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import CancelReply, CancelRequest, ErrorMessage, FARequest
 from broker_net.topology import Topology
+from node_agent.plan_workers import PlanWorkers
 from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
+from tests.node_agent.sandbox_support import policy
 from tests.node_agent.test_agent import FakeAnalytics, _agent, _fa
+from tests.node_agent.test_plan_workers import alive, run
 
 pytestmark = pytest.mark.anyio
 TOPOLOGY = Topology("agent")
@@ -107,3 +110,20 @@ async def test_finished_unknown_and_foreign_targets_are_harmless(
         assert isinstance(answer, ErrorMessage) and answer.code is ErrorCode.CANCELLED
         assert handler.runs == runs
         assert agent.counters["cancelled"] == 1
+
+
+async def test_a_cancelled_round_kills_its_warm_worker_which_is_never_reused() -> None:
+    workers = PlanWorkers(policy(), size=2)
+    try:
+        assert (await run(workers, "e"))["train_rounds"] == 1
+        [warm] = workers.workers()
+        with anyio.move_on_after(1.5):  # what a cancel does to the handler running the round
+            await run(workers, "e", sleep=60)
+        started = time.monotonic()
+        while alive(warm.pid) and time.monotonic() - started < 1.0:
+            await anyio.sleep(0.01)
+        assert workers.workers() == [] and not alive(warm.pid)
+        assert (await run(workers, "e"))["train_rounds"] == 1  # a fresh process
+        assert [worker.pid for worker in workers.workers()] != [warm.pid]
+    finally:
+        workers.close()
