@@ -48,6 +48,7 @@ class ErrorCode(IntEnum):
     SECAGG_FAILED = 310
     NODE_SHUTTING_DOWN = 311
     BAD_ARGUMENTS = 312
+    CANCELLED = 313
     # 4xx: moving the bytes
     TRANSFER_ERROR = 400
     TRANSFER_STALLED = 401

@@ -25,11 +25,8 @@ def new_id(prefix: str) -> str:
 
 
 def field_value(message: Any, name: str) -> Any:
-    """``message.name``, or ``None`` when the message has no such field.
-
-    Cheaper than ``getattr(message, name, None)`` on a pydantic model without that field,
-    whose attribute fallback costs more than building a small message.
-    """
+    """``message.name``, or ``None`` without such a field (cheaper than ``getattr`` with a
+    default on a pydantic model, whose attribute fallback costs more than a small message)."""
     values = getattr(message, "__dict__", None)
     if values is None:
         return getattr(message, name, None)
@@ -141,10 +138,8 @@ class FARequest(_Request):
         if self.stats and self.stats_args:
             raise ValueError("'stats' and 'stats_args' are mutually exclusive")
         if self.stats_args and self.dataset_schema is not None:
-            raise ValueError(
-                "'stats_args' and 'dataset_schema' are mutually exclusive: "
-                "'stats_args' already names its columns"
-            )
+            raise ValueError("'stats_args' and 'dataset_schema' are mutually exclusive: "
+                             "'stats_args' already names its columns")  # fmt: skip
         return self
 
 
@@ -167,16 +162,14 @@ class FAReply(_Reply):
             if self.output is not None:
                 raise ValueError("an encrypted FAReply must not carry a plain 'output'")
             if self.params_encrypted is None or self.output_schema is None:
-                raise ValueError(
-                    "an encrypted FAReply needs 'params_encrypted' and 'output_schema'"
-                )
+                raise ValueError("an encrypted FAReply needs 'params_encrypted' and "
+                                 "'output_schema'")  # fmt: skip
         else:
             if self.output is None:
                 raise ValueError("a plain FAReply needs 'output'")
             if self.params_encrypted is not None or self.output_schema is not None:
-                raise ValueError(
-                    "a plain FAReply must not carry 'params_encrypted' or 'output_schema'"
-                )
+                raise ValueError("a plain FAReply must not carry 'params_encrypted' or "
+                                 "'output_schema'")  # fmt: skip
         return self
 
 
@@ -260,19 +253,12 @@ SecaggStep: TypeAlias = Literal["keys", "shares", "deliver", "reveal"]
 
 
 class SecaggRequest(_Request):
-    """One exchange of secure aggregation, to set a context up or to unmask one of its rounds.
-
-    What each ``step`` carries:
-
-    - ``keys``: ``context``, a :class:`~broker_net.crypto.secagg.SecaggContext` as a dict. The node
-      draws its seeds and answers its signed public keys.
-    - ``shares``: ``public_keys``, every participant's keys as the researcher relays them. The
-      node answers its seed shares, encrypted for each peer.
-    - ``deliver``: ``shares``, the encrypted shares the other participants made for this node,
-      by owner. The node keeps them; setup is over.
-    - ``reveal``: ``round`` and ``survivors``, the nodes whose masked vectors the researcher
-      received. The node answers its shares of the survivors' self seeds and of the dropped
-      nodes' round keys.
+    """One exchange of secure aggregation, to set a context up or to unmask one of its rounds:
+    ``keys`` carries the ``context`` (the node answers its signed public keys), ``shares`` every
+    participant's ``public_keys`` (it answers its seed shares, encrypted for each peer),
+    ``deliver`` the ``shares`` others made for it (setup is over), ``reveal`` the ``round`` and
+    its ``survivors`` (it answers its shares of their self seeds and of the dropped nodes' keys).
+    See :mod:`broker_net.crypto.secagg`.
     """
 
     type: Literal["secagg_request"] = "secagg_request"
@@ -342,6 +328,30 @@ class ApprovalReply(_Reply):
     msg: str = ""
 
 
+# --- cancellation ------------------------------------------------------------------------------
+
+CancelState: TypeAlias = Literal["running", "queued", "finished", "unknown"]
+"""Where the work a :class:`CancelRequest` names stood when the cancel arrived."""
+
+
+class CancelRequest(_Request):
+    """Stop the work of request ``target_request_id`` (sent by the same researcher) on a node;
+    the node answers that request with a ``CANCELLED`` error, and this one with a CancelReply."""
+
+    type: Literal["cancel_request"] = "cancel_request"
+    target_request_id: str = Field(min_length=1)
+
+
+class CancelReply(_Reply):
+    """``cancelled``: the work was stopped (it was ``running`` or ``queued``); otherwise it had
+    ``finished``, or is ``unknown`` to the node (also a request of another researcher)."""
+
+    type: Literal["cancel_reply"] = "cancel_reply"
+    target_request_id: str = Field(min_length=1)
+    cancelled: bool
+    state: CancelState
+
+
 # --- presence and errors -----------------------------------------------------------------------
 
 
@@ -378,25 +388,13 @@ class ErrorMessage(_Message):
 
 
 RequestMessage: TypeAlias = (
-    PingRequest
-    | ListRequest
-    | FARequest
-    | PreprocRequest
-    | TrainRequest
-    | TrainingPlanStatusRequest
-    | ApprovalRequest
-    | SecaggRequest
-)
+    PingRequest | ListRequest | FARequest | PreprocRequest | TrainRequest
+    | TrainingPlanStatusRequest | ApprovalRequest | SecaggRequest | CancelRequest
+)  # fmt: skip
 ReplyMessage: TypeAlias = (
-    PingReply
-    | ListReply
-    | FAReply
-    | PreprocReply
-    | TrainReply
-    | TrainingPlanStatusReply
-    | ApprovalReply
-    | SecaggReply
-)
+    PingReply | ListReply | FAReply | PreprocReply | TrainReply | TrainingPlanStatusReply
+    | ApprovalReply | SecaggReply | CancelReply
+)  # fmt: skip
 AnyMessage: TypeAlias = Annotated[
     RequestMessage | ReplyMessage | Heartbeat | ErrorMessage,
     Field(discriminator="type"),
@@ -408,7 +406,7 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
         PingRequest, PingReply, ListRequest, ListReply, FARequest, FAReply, PreprocRequest,
         PreprocReply, TrainRequest, TrainReply, TrainingPlanStatusRequest,
         TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, SecaggRequest, SecaggReply,
-        Heartbeat, ErrorMessage,
+        CancelRequest, CancelReply, Heartbeat, ErrorMessage,
     )
 }  # fmt: skip
 """Every message class by its ``type`` tag."""
@@ -422,6 +420,7 @@ REPLY_TYPES: dict[type[BaseModel], type[BaseModel]] = {
     TrainingPlanStatusRequest: TrainingPlanStatusReply,
     ApprovalRequest: ApprovalReply,
     SecaggRequest: SecaggReply,
+    CancelRequest: CancelReply,
 }
 """The reply class expected for each request class."""
 

@@ -67,7 +67,9 @@ class NodeAgent:
         self.shutdown_grace = shutdown_grace
         self.context: NodeContext | None = None
         self.replies: ReplyStore | None = None
-        self.counters: dict[str, int] = {"handled": 0, "errors": 0, "duplicates": 0}
+        self.counters: dict[str, int] = {
+            "handled": 0, "errors": 0, "duplicates": 0, "cancelled": 0,
+        }  # fmt: skip
         self.intake: Intake | None = None
         self._heartbeats: Heartbeats | None = None
         self._stopping = anyio.Event()

@@ -3,7 +3,8 @@
 Each request runs once: a copy that arrives while it runs waits for it and is answered from
 its stored reply, and so is a redelivery after a restart. Heavy requests (training, analytics,
 preprocessing) run in a lane of their own, so pings and status requests are answered while a
-node trains.
+node trains. A ``cancel_request`` is light too: it stops the handler of the request it names
+(see :mod:`node_agent.cancels`), which is then answered ``CANCELLED``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import anyio
 from broker_net.codes import ErrorCode
 from broker_net.crypto.authentication import Security
 from broker_net.frames import FrameRefused, IncomingFrame, open_frame, read_message
-from broker_net.messages import REPLY_TYPES, field_value, utc_now
+from broker_net.messages import REPLY_TYPES, CancelRequest, field_value, utc_now
 from broker_net.transport import Delivery
+from node_agent.cancels import Cancellations
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HEAVY_MESSAGE_TYPES, Handler
 from node_agent.refusals import missing_request_id, refuse
@@ -59,6 +61,7 @@ class Dispatcher:
         self._heavy = anyio.CapacityLimiter(heavy_concurrency)
         # The event a duplicate waits on is made only when a duplicate comes.
         self._inflight: dict[str, anyio.Event | None] = {}
+        self.cancels = Cancellations()
 
     async def handle_safely(self, delivery: Delivery) -> None:
         """Handle ``delivery``; a bug here dead-letters it instead of taking the agent down."""
@@ -133,7 +136,8 @@ class Dispatcher:
             return error(request_id, None, refused.code, refused.reason)
         researcher_id = field_value(message, "researcher_id")
         handler = self.handlers.get(message.type)
-        if handler is None or type(message) not in REPLY_TYPES:
+        cancel = isinstance(message, CancelRequest)
+        if (handler is None and not cancel) or type(message) not in REPLY_TYPES:
             return error(
                 request_id, researcher_id, ErrorCode.UNKNOWN_MESSAGE_TYPE,
                 f"this node does not handle {message.type!r} messages",
@@ -143,12 +147,24 @@ class Dispatcher:
                 request_id, researcher_id, ErrorCode.INVALID_MESSAGE,
                 "the envelope and the message disagree on the request id",
             )  # fmt: skip
+        sender = incoming.header.sender_id
+        if isinstance(message, CancelRequest):  # light: answered at once, in its own task
+            return await self.cancels.answer(message, sender, self.context, self._answered)
+        assert handler is not None
+        if self.cancels.cancelled_early(request_id, sender):
+            logger.info("request %s was cancelled before it arrived", request_id)
+            return self._cancelled(request_id, researcher_id, None)
+        work = self.cancels.start(request_id, sender)
+        reply = None
         try:
-            if message.type in HEAVY_MESSAGE_TYPES:
-                async with self._heavy:
+            with work.scope:
+                if message.type in HEAVY_MESSAGE_TYPES:
+                    async with self._heavy:
+                        work.queued = False
+                        reply = await handler(message, self.context)
+                else:
+                    work.queued = False
                     reply = await handler(message, self.context)
-            else:
-                reply = await handler(message, self.context)
         except HandlerError as exc:
             return error(request_id, researcher_id, exc.code, exc.message, exc.details)
         except Exception as exc:
@@ -157,5 +173,24 @@ class Dispatcher:
                 request_id, researcher_id, ErrorCode.NODE_ERROR,
                 f"the node failed to handle the request ({type(exc).__name__})",
             )  # fmt: skip
+        finally:
+            self.cancels.end(work)
+        if work.cancelled:
+            return self._cancelled(request_id, researcher_id, work.cancel_request_id)
         self.counters["handled"] += 1
         return reply
+
+    def _cancelled(
+        self, request_id: str, researcher_id: str | None, cancel_request_id: str | None
+    ) -> Any:
+        """The answer to a request its researcher cancelled; its partial results are dropped."""
+        self.counters["cancelled"] = self.counters.get("cancelled", 0) + 1
+        details = {} if cancel_request_id is None else {"cancel_request_id": cancel_request_id}
+        return self.replier.error(
+            request_id, researcher_id, ErrorCode.CANCELLED,
+            "the request was cancelled by its researcher", details,
+        )  # fmt: skip
+
+    async def _answered(self, request_id: str) -> bool:
+        """Whether the node answered ``request_id`` before (its reply is stored)."""
+        return await self.replier.stored_reply(request_id, look_on_disk=True) is not None

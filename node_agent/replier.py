@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 STORED_REPLY_LIMIT = 64 * 1024**2
 """Replies larger than this many bytes are not kept for answering redeliveries."""
 
-LIGHT_TYPES = frozenset({"ping_request", "list_request", "training_plan_status_request"})
+LIGHT_TYPES = frozenset(
+    {"ping_request", "list_request", "training_plan_status_request", "cancel_request"}
+)
 """Requests answered from memory only: cheap to run again, so never written to disk."""
 
 

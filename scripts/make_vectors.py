@@ -52,6 +52,8 @@ from broker_net.messages import (
     MESSAGE_TYPES,
     ApprovalReply,
     ApprovalRequest,
+    CancelReply,
+    CancelRequest,
     DatasetInfo,
     ErrorMessage,
     FAReply,
@@ -512,6 +514,17 @@ def messages() -> list[Any]:
             details={"training_plan_id": PLAN_ID, "status": "Pending"},
             received_at=RECEIVED,
             replied_at=REPLIED,
+        ),
+        CancelRequest(
+            request_id=request_id(10),
+            researcher_id=RESEARCHER,
+            target_request_id=request_id(5),
+        ),
+        CancelReply(
+            **reply_fields(10),
+            target_request_id=request_id(5),
+            cancelled=True,
+            state="running",
         ),
     ]
 

@@ -16,6 +16,10 @@ reply to it while it runs. The two speak through a small interface:
   node, and :meth:`FederatedRequest.progress` when a chunk of one arrives; ``deliver`` returns
   a :class:`~researcher.requests.ledger.Receipt` saying whether the reply came too late.
 
+When the request ends early (a policy stops it, a node times out, or the task awaiting it is
+cancelled), it sends a cancel to every node that was sent it and did not answer
+(:meth:`FederatedRequest.cancel`), so the nodes stop working on it.
+
 The request calls its :class:`~researcher.requests.hooks.RequestHooks` itself, from the task
 that awaits it: ``on_sending`` before anything is published, ``on_sent`` once every publish is
 done, ``on_answer`` as each node's answer arrives.
@@ -29,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
 
 from broker_net.errors import TransportError
 from broker_net.messages import ErrorMessage, RequestMessage, new_id
@@ -109,6 +115,8 @@ class FederatedRequest:
         )
         self._report: PolicyReport | None = None
         self._active = False
+        self._cancelled: set[str] = set()
+        self._given_up: list[str] = []
 
     # --- results -------------------------------------------------------------------------------
 
@@ -185,13 +193,35 @@ class FederatedRequest:
                 self._hooks.on_sent(self.request_id, self.sent_at())
             await self._wait()
         except BaseException:
+            # Cancelled (a job stopped, a task timed out) or failed: the nodes stop too.
             self._end()
+            with anyio.CancelScope(shield=True):
+                await self.cancel()
             raise
         self._end()
+        if self._report is not None:
+            await self.cancel()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._end()
+
+    async def cancel(
+        self, nodes: Sequence[str] | None = None, *, timeout: float = 2.0
+    ) -> list[str]:
+        """Ask the nodes sent this request that did not answer it (or those of ``nodes``) to
+        stop working on it, each once; while the request waits, they answer ``CANCELLED``. It
+        does so itself when it ends early: a policy stopped it, a node timed out (that node),
+        or the task awaiting it was cancelled. Returns the nodes asked."""
+        wanted = None if nodes is None else set(nodes)
+        targets = [
+            node for node in self._nodes.unanswered()
+            if node not in self._cancelled and (wanted is None or node in wanted)
+        ]  # fmt: skip
+        self._cancelled.update(targets)
+        return await self._requests.cancel(
+            self.request_id, targets, timeout=timeout, expiration=self._expiration
+        )
 
     def _end(self) -> None:
         if self._active:
@@ -226,6 +256,10 @@ class FederatedRequest:
                 nodes.policies_due = False
                 if self._apply_policies(now):
                     return
+                if self._given_up:  # nodes a policy gave up on: their work is of no use now
+                    given_up, self._given_up = self._given_up, []
+                    await self.cancel(given_up)
+                    now = time.monotonic()
                 deadlines = [policy.next_deadline(states) for policy in self._policies]
                 next_deadline = min((d for d in deadlines if d is not None), default=None)
             if nodes.unfinished <= 0:
@@ -248,6 +282,7 @@ class FederatedRequest:
             for node, status in verdict.marks.items():
                 reason = verdict.reasons.get(node) or verdict.reason or repr(policy)
                 nodes.finish(nodes.entries[node], status, reason)
+                self._given_up.append(node)
             if verdict.stop_because_of is not None:
                 self._report = PolicyReport(
                     policy=type(policy).__name__,

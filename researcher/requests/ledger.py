@@ -69,6 +69,8 @@ class NodeEntry:
     gone_since: float | None = None
     last_progress: float | None = None
     reason: str = ""
+    published: bool = False
+    """The broker took the request for this node (it may be working on it)."""
 
     def state(self) -> NodeState:
         """What a policy may read of this node."""
@@ -206,6 +208,11 @@ class NodeLedger:
         """Move the first ``count`` nodes to the end (consumer checks take turns)."""
         keys = list(self.entries)
         self.entries = {key: self.entries[key] for key in keys[count:] + keys[:count]}
+
+    def unanswered(self) -> list[str]:
+        """The nodes that were sent the request and did not answer it (yet)."""
+        entries = self.entries.items()
+        return [n for n, e in entries if e.published and e.reply is None and e.error is None]
 
     def end(self) -> None:
         """Stop every pending node: the request ended before it answered."""

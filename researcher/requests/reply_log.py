@@ -4,17 +4,19 @@ A reply is *late* when its request already ended for that node: it is kept in a 
 never put into another request's results. A reply to a request id this process has not sent is
 *parked*: perhaps an earlier process sent that request and a job will resume it under the same
 id (see ``already_sent`` in :meth:`Requests.send <researcher.requests.router.Requests.send>`).
+The answers to the cancels the researcher sends without waiting are only logged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker_net.messages import utc_now
+from broker_net.messages import ErrorMessage, field_value, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,28 @@ class ReplyLog:
         self._ended_size = ended_size
         self._parked: dict[str, list[ParkedReply]] = {}
         self._parked_limit = parked_limit
+        self._cancels: OrderedDict[str, str] = OrderedDict()  # cancel id -> its target
+
+    def expect_cancels(self, target: str, cancel_ids: Iterable[str]) -> None:
+        """Cancels of ``target`` were sent: their answers are to be logged only."""
+        for cancel_id in cancel_ids:
+            self._cancels[cancel_id] = target
+        while len(self._cancels) > self._ended_size:
+            self._cancels.popitem(last=False)
+
+    def cancel_answered(self, request_id: str | None, node: str, message: Any) -> bool:
+        """Log ``message`` if it answers a cancel sent without waiting; True when it does."""
+        target = self._cancels.get(request_id or "")
+        if target is None:
+            return False
+        if isinstance(message, ErrorMessage):
+            logger.info("node %s refused the cancel of request %s: %s %s", node, target,
+                        message.code.name, message.message)  # fmt: skip
+        else:
+            cancelled, state = field_value(message, "cancelled"), field_value(message, "state")
+            logger.info("node %s: request %s cancelled=%s (it was %s)", node, target,
+                        cancelled, state)  # fmt: skip
+        return True
 
     def end(self, request_id: str) -> None:
         """Remember that ``request_id`` ended: its later replies are late."""
@@ -71,7 +95,10 @@ class ReplyLog:
         self.late.append(LateReply(request_id, node, message, utc_now()))
 
     def park(self, request_id: str, node: str, message: Any, arrived: float) -> None:
-        """Keep a reply to a request this process did not send, until one claims it."""
+        """Keep a reply to a request this process did not send, until one claims it (an
+        answer to a cancel is only logged)."""
+        if self.cancel_answered(request_id, node, message):
+            return
         logger.info("parking a reply to unknown request %s from node %s", request_id, node)
         self._parked.setdefault(request_id, []).append((node, message, arrived))
         while sum(len(v) for v in self._parked.values()) > self._parked_limit:

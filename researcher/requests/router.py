@@ -47,6 +47,7 @@ from researcher.requests.ledger import Receipt
 from researcher.requests.policies import DiscardOnTimeout, Policy
 from researcher.requests.presence import NodePresence, PresenceTable, listen_to_heartbeats
 from researcher.requests.reply_log import LateReply, ReplyLog
+from researcher.requests.sending import send_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +111,11 @@ class Requests:
         await self._task_group.__aexit__(*exc_info)
 
     def send(
-        self,
-        messages: RequestMessage | MessagesByNode,
-        nodes: Sequence[str] | None = None,
-        policies: Iterable[Policy] = (),
-        *,
-        expiration: float | None = None,
-        request_id: str | None = None,
-        already_sent: Mapping[str, datetime] | None = None,
+        self, messages: RequestMessage | MessagesByNode, nodes: Sequence[str] | None = None,
+        policies: Iterable[Policy] = (), *, expiration: float | None = None,
+        request_id: str | None = None, already_sent: Mapping[str, datetime] | None = None,
         hooks: RequestHooks | None = None,
-    ) -> FederatedRequest:
+    ) -> FederatedRequest:  # fmt: skip
         """Prepare a federated request; ``async with`` it to send and wait.
 
         Args:
@@ -129,14 +125,12 @@ class Requests:
             expiration: seconds after which a request still in a node's queue is
                 dead-lettered by the broker; defaults to the longest timeout of ``policies``
                 (nobody waits for an answer after it).
-            request_id: the request's id. By default it is the id the message carries
-                (``message.request_id``; for a :class:`MessagesByNode`, the first node's),
-                so the id a caller reads is the one on the wire, unless this process already
-                sent a request under it (the same message object sent again): then a fresh
-                one. Give it to resume a request an earlier process sent.
-            already_sent: nodes an earlier process already sent this request to, with the
-                send time; they are not sent again, their replies are collected from the
-                durable reply queue and their timeouts run from the original send.
+            request_id: the request's id; by default the one the message carries (for a
+                :class:`MessagesByNode`, the first node's), or a fresh one when this process
+                sent a request under it. Give it to resume a request an earlier process sent.
+            already_sent: nodes an earlier process sent this request to, with the send time:
+                not sent again, their replies come from the durable reply queue and their
+                timeouts run from the original send.
             hooks: called as the request is sent and answered; their ``request_id`` and
                 ``already_sent`` act as the arguments of the same names.
 
@@ -192,6 +186,17 @@ class Requests:
                 await anyio.sleep(0.05)
             return
         raise NodesMissingError(sorted(wanted - set(self.presence.online_ids())), timeout)
+
+    async def cancel(
+        self, request_id: str, nodes: Iterable[str], *, timeout: float = 2.0,
+        expiration: float | None = None,
+    ) -> list[str]:  # fmt: skip
+        """Ask ``nodes`` to stop their work on ``request_id``, answers only logged (see
+        :func:`~researcher.requests.sending.send_cancels`); returns the nodes asked."""
+        expiration = self.default_timeout if expiration is None else expiration
+        sent = await send_cancels(self, request_id, list(nodes), timeout, expiration)
+        self._replies.expect_cancels(request_id, sent.values())
+        return list(sent)
 
     def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
         """Replies to requests this process did not send, by request id, until a resumed
