@@ -3,6 +3,7 @@
 from researcher.errors import (
     JobError,
     NodeErrorReply,
+    NodeErrors,
     NoReplyError,
     RequestError,
     RequestTimeoutError,
@@ -75,6 +76,7 @@ __all__ = [
     "MessagesByNode",
     "NoReplyError",
     "NodeErrorReply",
+    "NodeErrors",
     "NodePresence",
     "NodeState",
     "NodeTiming",

@@ -172,7 +172,7 @@ def ring_negate(words: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     for word in range(out.shape[0]):
         out[word] += carry.astype(np.uint64)
         carry &= out[word] == 0
-    return out
+    return np.asarray(out)
 
 
 def ring_add(

@@ -70,7 +70,7 @@ def test_the_ring_grows_with_range_and_precision() -> None:
     assert ring_bits_for(3, 1, 2.0**40, 90) == 192
     with pytest.raises(ValueError, match="beyond the 512-bit ring"):
         ring_bits_for(3, 1, 1e100, 300)
-    with pytest.raises(ValueError, match="needs 104 bits.*more than its 64-bit ring"):
+    with pytest.raises(ValueError, match=r"needs 104 bits.*more than its 64-bit ring"):
         SecaggContext("s", "e", ("a", "b"), 2, clipping_range=2.0**40, precision_bits=40)
 
 
