@@ -10,9 +10,9 @@ rounds, driven by the job layer through four exchanges:
    2**127 - 1), one share per participant including itself, and encrypts each peer's shares to
    that peer. The researcher relays them; no node talks to another directly.
 3. mask: in round r a node encodes ``weight * vector`` in fixed point, appends ``weight`` and
-   adds, modulo 2**64, the AES-CTR stream of its self seed and, for every peer, the stream
-   keyed by their round-r X25519 secret: added when its id sorts first, subtracted otherwise,
-   so that pairwise masks cancel in the sum.
+   adds, modulo 2**ring_bits (64 by default), the AES-CTR stream of its self seed and, for
+   every peer, the stream keyed by their round-r X25519 secret: added when its id sorts first,
+   subtracted otherwise, so that pairwise masks cancel in the sum.
 4. reveal: the researcher names the nodes whose vectors it received. Each of them returns its
    share of every survivor's self seed and of every dropped node's key seed, never both for one
    node and round. With t shares of each the researcher removes what is left of the masks.
