@@ -221,6 +221,21 @@ def mask_params(
     return {"masked": _mask(node, round_, flat, weight), "shapes": shapes}
 
 
+def _declared_limits(request: FARequest) -> tuple[float | None, int | None]:
+    """The ``value_range`` and ``max_rows`` the researcher declared, when it did."""
+    arguments = request.secagg_arguments or {}
+    limit, rows = arguments.get("value_range"), arguments.get("max_rows")
+    try:
+        return (
+            float(limit) if limit is not None else None,
+            int(rows) if rows is not None else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise HandlerError(
+            ErrorCode.BAD_ARGUMENTS, f"bad secure aggregation limits: {exc}"
+        ) from exc
+
+
 def mask_statistics(
     node: SecaggNode, round_: int, table: Table, request: FARequest
 ) -> tuple[MaskedVector, list[dict[str, Any]]]:
@@ -237,8 +252,9 @@ def mask_statistics(
 
     Raises:
         HandlerError: BAD_ARGUMENTS for a statistic that is not a sum of the nodes' values
-            (min, max, histogram, quantiles) or an unknown column; SECAGG_FAILED when a total
-            exceeds the clipping range.
+            (min, max, histogram, quantiles) or an unknown column; SECAGG_FAILED when a value
+            is outside the declared ``value_range``, the rows exceed ``max_rows`` (both from
+            ``secagg_arguments``) or a total exceeds the clipping range.
     """
     try:
         plan = plan_statistics(
@@ -249,6 +265,13 @@ def mask_statistics(
         )
     except AnalyticsArgumentError as exc:
         raise HandlerError(ErrorCode.BAD_ARGUMENTS, str(exc)) from exc
+    limit, max_rows = _declared_limits(request)
+    if max_rows is not None and table.n_rows > max_rows:
+        raise HandlerError(
+            ErrorCode.SECAGG_FAILED,
+            f"the dataset has {table.n_rows} rows, more than the {max_rows} the secure "
+            "aggregation was set up for; declare a larger max_rows",
+        )
     values: list[float] = [float(table.n_rows)]
     schema: list[dict[str, Any]] = [{"column": None, "quantities": ["n_rows"]}]
     for column, wanted in plan.items():
@@ -261,6 +284,12 @@ def mask_statistics(
             )
         data = table.column(column)
         present = data[~np.isnan(data)]
+        if limit is not None and present.size and not float(np.max(np.abs(present))) <= limit:
+            raise HandlerError(
+                ErrorCode.SECAGG_FAILED,
+                f"column {column!r} holds values outside the declared range ±{limit:g} of the "
+                "secure aggregation; declare a wider value_range (nothing was sent)",
+            )
         quantities = ["count", "missing"]
         values += [float(present.size), float(data.size - present.size)]
         if set(wanted) & {"sum", "mean", "variance", "std"}:

@@ -3,6 +3,7 @@
 from researcher.errors import (
     JobError,
     NodeErrorReply,
+    NodeErrors,
     NodesMissingError,
     NoReplyError,
     RequestError,
@@ -85,6 +86,7 @@ __all__ = [
     "MessagesByNode",
     "NoReplyError",
     "NodeErrorReply",
+    "NodeErrors",
     "NodePresence",
     "NodeState",
     "NodeTiming",

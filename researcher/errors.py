@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from broker_net.errors import BrokerNetError
 from broker_net.messages import ErrorMessage
 
@@ -58,6 +60,30 @@ class NoReplyError(RequestError):
 
 class JobError(RequestError):
     """Raised when a job's arguments or results are not usable."""
+
+
+class NodeErrors(NodeErrorReply, JobError):
+    """Raised when nodes answered errors and the job treats them as fatal: it names them all.
+
+    Attributes:
+        errors: each failing node's error, by node id, in node order.
+        error: the first of them (as :class:`NodeErrorReply` has it); ``node_id`` is its node.
+    """
+
+    def __init__(self, errors: Mapping[str, ErrorMessage]) -> None:
+        if not errors:
+            raise ValueError("NodeErrors needs at least one error")
+        ordered = dict(sorted(errors.items()))
+        described = [
+            f"node {node} answered {e.code.name}: {e.message}" for node, e in ordered.items()
+        ]
+        message = described[0]
+        if len(ordered) > 1:
+            message = f"{len(ordered)} nodes answered errors: " + "; ".join(described)
+        node, first = next(iter(ordered.items()))
+        RequestError.__init__(self, message, node_id=node, request_id=first.request_id)
+        self.error = first
+        self.errors = ordered
 
 
 class SecureAggregationError(RequestError):

@@ -10,9 +10,9 @@ rounds, driven by the job layer through four exchanges:
    2**127 - 1), one share per participant including itself, and encrypts each peer's shares to
    that peer. The researcher relays them; no node talks to another directly.
 3. mask: in round r a node encodes ``weight * vector`` in fixed point, appends ``weight`` and
-   adds, modulo 2**64, the AES-CTR stream of its self seed and, for every peer, the stream
-   keyed by their round-r X25519 secret: added when its id sorts first, subtracted otherwise,
-   so that pairwise masks cancel in the sum.
+   adds, modulo 2**ring_bits (64 by default), the AES-CTR stream of its self seed and, for
+   every peer, the stream keyed by their round-r X25519 secret: added when its id sorts first,
+   subtracted otherwise, so that pairwise masks cancel in the sum.
 4. reveal: the researcher names the nodes whose vectors it received. Each of them returns its
    share of every survivor's self seed and of every dropped node's key seed, never both for one
    node and round. With t shares of each the researcher removes what is left of the masks.
@@ -30,6 +30,7 @@ side, :mod:`broker_net.crypto.masking` the arithmetic.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -44,6 +45,11 @@ from broker_net.crypto.masking import SHARE_SIZE, pair_mask_key
 from broker_net.errors import SecurityError
 
 _LABEL = b"broker-net/secagg/v1/"
+
+MAX_RING_BITS = 512
+"""The widest ring of a context: 8 words per value."""
+MAX_PRECISION_BITS = 960
+"""The most fractional bits of a context (its scale, 2**precision_bits, stays a finite float)."""
 
 
 class SecaggError(SecurityError):
@@ -71,6 +77,9 @@ class SecaggContext:
         clipping_range: values are clipped to [-clipping_range, clipping_range].
         precision_bits: values are rounded to multiples of 2**-precision_bits.
         max_weight: largest weight (sample size) a node may give its vector.
+        ring_bits: vectors add up modulo 2**ring_bits, a multiple of 64 up to
+            :data:`MAX_RING_BITS`; :func:`ring_bits_for` gives the smallest that cannot
+            overflow. Left out of :meth:`to_dict` when 64, so a 64-bit context reads as before.
         self_mask: whether vectors carry a self mask. Without it a round with no dropout
             needs no reveal, but a vector that arrives after its sender was declared dropped
             is readable by the researcher.
@@ -85,6 +94,7 @@ class SecaggContext:
     precision_bits: int = 20
     max_weight: int = 2**20
     self_mask: bool = True
+    ring_bits: int = 64
 
     def __post_init__(self) -> None:
         # Normalised so that the digest every party signs is the same on every side.
@@ -96,10 +106,18 @@ class SecaggContext:
             raise ValueError(f"threshold must be between 2 and {len(self.node_ids)}")
         if self.rounds < 1 or self.max_weight < 1 or not self.clipping_range > 0:
             raise ValueError("rounds, max_weight and clipping_range must be positive")
-        bound = len(self.node_ids) * self.max_weight * self.clipping_range
-        if not 0 <= self.precision_bits or bound * 2.0**self.precision_bits >= 2**62:
+        if self.ring_bits % 64 or not 64 <= self.ring_bits <= MAX_RING_BITS:
+            raise ValueError(f"ring_bits must be a multiple of 64 up to {MAX_RING_BITS}")
+        if not 0 <= self.precision_bits <= MAX_PRECISION_BITS:
+            raise ValueError(f"precision_bits must be in 0..{MAX_PRECISION_BITS}")
+        needed = ring_bits_needed(
+            len(self.node_ids), self.max_weight, self.clipping_range, self.precision_bits
+        )
+        if needed > self.ring_bits:
             raise ValueError(
-                "nodes x max_weight x clipping_range x 2**precision_bits must stay under 2**62"
+                f"{len(self.node_ids)} nodes x max_weight {self.max_weight} x clipping_range "
+                f"{self.clipping_range:g} x 2**{self.precision_bits} needs {needed} bits (sign and "
+                f"rounding included), more than its {self.ring_bits}-bit ring"
             )
 
     @property
@@ -117,7 +135,10 @@ class SecaggContext:
 
     def to_dict(self) -> dict[str, Any]:
         """The context as plain data, to send in ``secagg_arguments``."""
-        return asdict(self) | {"node_ids": list(self.node_ids)}
+        data = asdict(self) | {"node_ids": list(self.node_ids)}
+        if self.ring_bits == 64:
+            del data["ring_bits"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SecaggContext:
@@ -232,6 +253,33 @@ class RevealedShares:
             return cls(str(data["node_id"]), int(data["round"]), shares[0], shares[1])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SecaggError(f"malformed revealed shares: {exc}") from exc
+
+
+def ring_bits_needed(
+    nodes: int, max_weight: int, clipping_range: float, precision_bits: int
+) -> int:
+    """Bits of a ring holding any sum of ``nodes`` vectors of ``|value| <= clipping_range``,
+    weighted by at most ``max_weight`` and scaled by 2**precision_bits: that bound's bits, plus
+    one for the sign and one for the rounding of each value. Not rounded to a multiple of 64."""
+    bound = nodes * max_weight * math.ldexp(clipping_range, precision_bits)
+    return math.frexp(bound)[1] + 2 if bound >= 1 else 2
+
+
+def ring_bits_for(nodes: int, max_weight: int, clipping_range: float, precision_bits: int) -> int:
+    """The smallest ring (a multiple of 64 bits) a context of these parameters fits in.
+
+    Raises:
+        ValueError: it would be wider than :data:`MAX_RING_BITS`.
+    """
+    needed = ring_bits_needed(nodes, max_weight, clipping_range, precision_bits)
+    ring = 64 * max(1, -(-needed // 64))
+    if ring > MAX_RING_BITS:
+        raise ValueError(
+            f"{nodes} nodes x max_weight {max_weight} x range {clipping_range:g} x "
+            f"2**{precision_bits} needs {needed} bits, beyond the {MAX_RING_BITS}-bit ring: "
+            "declare a narrower range or fewer precision bits"
+        )
+    return ring
 
 
 def pair_key(

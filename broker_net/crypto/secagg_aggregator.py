@@ -18,6 +18,8 @@ from broker_net.crypto.masking import (
     MaskedVector,
     MaskStreams,
     decode_fixed_point,
+    ring_add,
+    ring_words,
     round_key,
     seed_commitment,
     self_mask_key,
@@ -158,9 +160,12 @@ class SecaggAggregator:
         lengths = {(vector.dtype, vector.shape) for vector in masked.values()}
         if len(lengths) != 1 or lengths.pop()[0] != np.uint64:
             raise SecaggError("masked vectors must be uint64 vectors of one length")
+        ring = context.ring_bits
         total = np.zeros_like(masked[survivors[0]])
+        if total.size % ring_words(ring):
+            raise SecaggError(f"masked vectors must hold whole {ring}-bit values")
         for vector in masked.values():
-            np.add(total, vector, out=total)
+            ring_add(total, vector, ring)
         answers = {r.node_id: r for r in revealed if r.round == round and r.node_id in masked}
         streams = MaskStreams(total.size)
         if context.self_mask:
@@ -172,7 +177,7 @@ class SecaggAggregator:
                 ):
                     raise SecaggError(f"shares of {node!r}'s self seed do not match its commitment")
                 key = self_mask_key(context.secagg_id, node, round, seed)
-                np.subtract(total, streams(key), out=total)
+                ring_add(total, streams(key), ring, subtract=True)
         for dropped in (node for node in self.participants if node not in masked):
             secret = round_key(
                 context.secagg_id, dropped, round, self._rebuild(answers, dropped, "key", round)
@@ -183,9 +188,8 @@ class SecaggAggregator:
                 public = self._keys[node].public_keys[round]
                 stream = streams(pair_key(context, round, dropped, secret, node, public))
                 # The survivor added this stream when its id sorts first, subtracted it otherwise.
-                operation = np.subtract if node < dropped else np.add
-                operation(total, stream, out=total)
-        weighted_sum, total_weight = decode_fixed_point(total, scale=context.scale)
+                ring_add(total, stream, ring, subtract=node < dropped)
+        weighted_sum, total_weight = decode_fixed_point(total, scale=context.scale, ring_bits=ring)
         return SecaggResult(weighted_sum, total_weight, survivors)
 
     def _rebuild(

@@ -20,6 +20,7 @@ from broker_net.crypto.masking import (
     MaskedVector,
     MaskStreams,
     encode_fixed_point,
+    ring_add,
     round_key,
     seed_commitment,
     self_mask_key,
@@ -165,20 +166,21 @@ class SecaggNode:
             raise ValueError(f"weight must be in 0..{context.max_weight}, not {weight}")
         if not self.participants or round in self._masked or round in self._revealed:
             raise SecaggError(f"round {round} cannot be masked: setup unfinished or round used")
+        ring = context.ring_bits
         masked = encode_fixed_point(
-            vector, weight, clipping_range=context.clipping_range, scale=context.scale
-        )
+            vector, weight, clipping_range=context.clipping_range, scale=context.scale,
+            ring_bits=ring,
+        )  # fmt: skip
         streams = MaskStreams(masked.size)
         if context.self_mask:
             seed = self._seeds[context.rounds + round]
             key = self_mask_key(context.secagg_id, self.node_id, round, seed)
-            np.add(masked, streams(key), out=masked)
+            ring_add(masked, streams(key), ring)
         for peer in self.participants:
             if peer != self.node_id:
                 public = self._peers[peer].public_keys[round]
                 key = pair_key(context, round, self.node_id, self._round_keys[round], peer, public)
-                operation = np.add if self.node_id < peer else np.subtract
-                operation(masked, streams(key), out=masked)
+                ring_add(masked, streams(key), ring, subtract=self.node_id > peer)
         self._masked.add(round)
         return masked
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from broker_net.messages import FAReply, FARequest
+from broker_net.messages import ErrorMessage, FAReply, FARequest
 from researcher.errors import JobError, NoReplyError
-from researcher.jobs.base import Job, raise_first_error, why_no_reply
+from researcher.jobs.base import Job, raise_all_errors, why_no_reply
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.statistics import combine_statistics
 from researcher.requests.federated import MessagesByNode
@@ -25,6 +25,9 @@ class FAResult:
     replies: dict[str, FAReply]
     statistics: dict[str, Any]
     timings: dict[str, NodeTiming]
+    errors: dict[str, ErrorMessage] = field(default_factory=dict)
+    """Each failing node's error; empty, since every node error is fatal (see
+    :class:`~researcher.errors.NodeErrors`), unless a subclass keeps going."""
 
 
 class FARequestJob(Job):
@@ -36,6 +39,9 @@ class FARequestJob(Job):
     With ``secagg`` the job first sets up a secure aggregation with the nodes (see
     :mod:`researcher.jobs.secagg`); each node then sends masked totals, and the researcher learns
     only their sums: count, missing, sum, mean, variance and std are available this way.
+    ``secagg_options`` go to :meth:`SecureAggregation.for_analytics
+    <researcher.jobs.secagg.SecureAggregation.for_analytics>`: ``value_range`` (every value
+    lies within ±value_range), ``max_rows`` and ``precision_bits``.
 
     Raises:
         JobError: the arguments break those rules.
@@ -55,6 +61,7 @@ class FARequestJob(Job):
         policies: Sequence[Policy] | None = None,
         hooks: RequestHooks | None = None,
         secagg: bool = False,
+        secagg_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(requests, policies=policies, hooks=hooks)
         if not stats and not stats_args:
@@ -73,12 +80,17 @@ class FARequestJob(Job):
         self.dataset_schema = dataset_schema
         self.secagg_arguments = secagg_arguments
         self.secagg = secagg
+        self.secagg_options = dict(secagg_options or {})
+        unknown = set(self.secagg_options) - {"value_range", "max_rows", "precision_bits"}
+        if unknown:
+            raise JobError(f"unknown secure aggregation options: {', '.join(sorted(unknown))}")
 
     async def execute(self) -> FAResult:
         """Send the request to every node and combine the statistics.
 
         Raises:
-            NodeErrorReply: a node answered an error.
+            NodeErrors: nodes answered errors; it names every one of them (a
+                :class:`~researcher.errors.NodeErrorReply` for the first, and a ``JobError``).
             NoReplyError: no node answered.
             SecureAggregationError: with ``secagg``, the setup or the unmasking failed.
         """
@@ -86,7 +98,10 @@ class FARequestJob(Job):
         arguments = self.secagg_arguments
         if self.secagg:
             secagg = SecureAggregation.for_analytics(
-                self.requests, experiment_id=self.experiment_id, nodes=list(self.datasets)
+                self.requests,
+                experiment_id=self.experiment_id,
+                nodes=list(self.datasets),
+                **self.secagg_options,
             )
             await secagg.setup()
             arguments = secagg.arguments(0)
@@ -106,7 +121,7 @@ class FARequestJob(Job):
             }
         )
         fed = await self._send(messages, list(self.datasets))
-        raise_first_error(fed.errors())
+        raise_all_errors(fed.errors())
         replies: dict[str, FAReply] = fed.replies()
         if not replies:
             raise NoReplyError(

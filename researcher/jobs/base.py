@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from broker_net.messages import ErrorMessage
-from researcher.errors import NodeErrorReply
+from researcher.errors import NodeErrorReply, NodeErrors
 from researcher.requests.federated import FederatedRequest
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.policies import Policy
@@ -62,6 +62,14 @@ class Job:
         ) as fed:
             self.request = fed
         return fed
+
+
+def raise_all_errors(errors: Mapping[str, ErrorMessage]) -> None:
+    """Log every node error, then raise them all as one :class:`NodeErrors`."""
+    for node, error in errors.items():
+        logger.error("node %s error %s: %s", node, error.code.name, error.message)
+    if errors:
+        raise NodeErrors(errors)
 
 
 def raise_first_error(errors: Mapping[str, ErrorMessage]) -> None:

@@ -100,6 +100,8 @@ class Experiment:
             before the first round, each node then sends its update masked and the researcher
             learns only their weighted average. A node failing a round is recovered from while
             a strict majority remains. Needs security on every party.
+        secagg_options: settings of that secure aggregation (:class:`SecureAggregation`'s
+            ``clipping_range``, ``precision_bits``, ``max_weight``, ``ring_bits``).
         strategy: chooses each round's nodes and per-node training arguments, and turns the
             replies into the next global parameters (default :class:`FedAvg`). Under secure
             aggregation it gets only the weighted mean (:meth:`Strategy.step`).
@@ -128,6 +130,7 @@ class Experiment:
         source: str | None = None,
         hooks: Callable[[int], RequestHooks | None] | None = None,
         secagg: bool = False,
+        secagg_options: Mapping[str, Any] | None = None,
         strategy: Strategy | None = None,
         sampling: Sampling | None = None,
         encrypt_aux_var: bool = False,
@@ -141,6 +144,7 @@ class Experiment:
         self.source = source if source is not None else plan_source(plan)
         self.hooks = hooks
         self.secagg = secagg
+        self.secagg_options = dict(secagg_options or {})
         self.strategy = strategy if strategy is not None else FedAvg()
         self.sampling = sampling
         self.encrypt_aux_var = encrypt_aux_var
@@ -279,6 +283,7 @@ class Experiment:
                 experiment_id=self.experiment_id,
                 nodes=list(self.datasets),
                 rounds=self.rounds,
+                **self.secagg_options,
             )
             await secagg.setup()
             self.secure_aggregation = secagg

@@ -38,7 +38,13 @@ import numpy.typing as npt
 
 from broker_net.crypto.identities import BadSignatureError, UnknownKeyError
 from broker_net.crypto.masking import MaskedVector
-from broker_net.crypto.secagg import RevealedShares, SecaggContext, SecaggError, SecaggKeys
+from broker_net.crypto.secagg import (
+    RevealedShares,
+    SecaggContext,
+    SecaggError,
+    SecaggKeys,
+    ring_bits_for,
+)
 from broker_net.crypto.secagg_aggregator import SecaggAggregator, SecaggResult
 from broker_net.messages import (
     ErrorMessage,
@@ -59,6 +65,21 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds each node has to answer one secure aggregation step."""
+
+RANGE_BITS = 90
+"""Fractional bits below a declared range: analytics values are kept to multiples of about
+``value_range x 2**-90``, finer than a float's last bit for any value above
+``value_range x 2**-37``."""
+DEFAULT_VALUE_RANGE = 2.0**40
+"""The value range of analytics under secure aggregation when none is declared (about 1.1e12)."""
+DEFAULT_MAX_ROWS = 2**32
+"""The most rows a node's dataset may hold under secure aggregation when none is declared."""
+
+
+def analytics_precision_bits(value_range: float) -> int:
+    """The fractional bits for values within ``±value_range``: :data:`RANGE_BITS` below the
+    range's leading bit (never negative)."""
+    return max(0, RANGE_BITS - math.frexp(value_range)[1])
 
 
 def default_threshold(nodes: int) -> int:
@@ -104,9 +125,16 @@ class SecureAggregation:
         self_mask: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         secagg_id: str | None = None,
+        ring_bits: int | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         self.requests = requests
         self.timeout = timeout
+        self.limits = dict(limits or {})
+        """What each round's ``secagg_arguments`` adds for the nodes to check (analytics:
+        ``value_range`` and ``max_rows``)."""
+        if ring_bits is None:
+            ring_bits = ring_bits_for(len(nodes), max_weight, clipping_range, precision_bits)
         self.context = SecaggContext(
             secagg_id=secagg_id or new_id("secagg"),
             experiment_id=experiment_id,
@@ -117,6 +145,7 @@ class SecureAggregation:
             precision_bits=precision_bits,
             max_weight=max_weight,
             self_mask=self_mask,
+            ring_bits=ring_bits,
         )
         trust = requests.security.trust if requests.security is not None else None
         self.aggregator = SecaggAggregator(self.context, trust=trust)
@@ -125,27 +154,9 @@ class SecureAggregation:
         """Rounds unmasked so far, in order."""
 
     @classmethod
-    def for_analytics(
-        cls,
-        requests: Requests,
-        *,
-        experiment_id: str,
-        nodes: Sequence[str],
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> SecureAggregation:
-        """A one-round context for additive statistics: weight 1, 20 fractional bits and the
-        widest clipping range that cannot overflow (about 7e11 for three nodes)."""
-        precision = 20
-        return cls(
-            requests,
-            experiment_id=experiment_id,
-            nodes=nodes,
-            rounds=1,
-            clipping_range=math.ldexp(1.0, 61 - precision) / len(nodes),
-            precision_bits=precision,
-            max_weight=1,
-            timeout=timeout,
-        )
+    def for_analytics(cls, requests: Requests, **options: Any) -> SecureAggregation:
+        """A one-round context for additive statistics: see :func:`analytics_aggregation`."""
+        return analytics_aggregation(requests, **options)
 
     @property
     def secagg_id(self) -> str:
@@ -154,7 +165,7 @@ class SecureAggregation:
 
     def arguments(self, round: int) -> dict[str, Any]:
         """The ``secagg_arguments`` of a request whose answers ``round`` aggregates."""
-        return {"secagg_id": self.secagg_id, "round": round}
+        return {"secagg_id": self.secagg_id, "round": round, **self.limits}
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -316,6 +327,49 @@ class SecureAggregation:
         masked, schema = masked_statistics(replies)
         result = await self.aggregate(round, masked)
         return statistics_from_sum(schema, result)
+
+
+def analytics_aggregation(
+    requests: Requests,
+    *,
+    experiment_id: str,
+    nodes: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    value_range: float | None = None,
+    max_rows: int | None = None,
+    precision_bits: int | None = None,
+) -> SecureAggregation:
+    """A one-round context for additive statistics of values within ``±value_range``
+    (default :data:`DEFAULT_VALUE_RANGE`) over at most ``max_rows`` rows a node (default
+    :data:`DEFAULT_MAX_ROWS`).
+
+    Values are kept to multiples of ``2**-precision_bits``, by default
+    :func:`analytics_precision_bits` of the range; the ring is the smallest that holds
+    ``nodes x max_rows x max(1, range, range**2) x 2**precision_bits`` (counts, sums and
+    sums of squares) with a sign bit and a rounding bit. Each node refuses, before it
+    sends anything, a value outside the range or more rows than ``max_rows``.
+
+    Raises:
+        SecureAggregationError: a range or row bound that is not positive, or settings
+            whose sums no ring up to 512 bits can hold; nothing is sent then.
+    """
+    value_range = DEFAULT_VALUE_RANGE if value_range is None else float(value_range)
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else int(max_rows)
+    if not (math.isfinite(value_range) and value_range > 0) or max_rows < 1:
+        raise SecureAggregationError(
+            "secure aggregation needs a finite positive value_range and max_rows >= 1"
+        )
+    if precision_bits is None:
+        precision_bits = analytics_precision_bits(value_range)
+    bound = max_rows * max(1.0, value_range, value_range * value_range)
+    try:
+        return SecureAggregation(
+            requests, experiment_id=experiment_id, nodes=nodes, rounds=1,
+            clipping_range=bound, precision_bits=precision_bits, max_weight=1,
+            timeout=timeout, limits={"value_range": value_range, "max_rows": max_rows},
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SecureAggregationError(f"secure aggregation cannot hold these sums: {exc}") from exc
 
 
 @contextmanager

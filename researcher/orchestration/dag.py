@@ -2,8 +2,8 @@
 
 A task starts once its upstream tasks succeeded, with their outputs filled into its inputs
 (:func:`fill_inputs`), ``parallelism`` tasks at once. A task that fails or outlives its
-timeout is retried up to ``auto_retries`` times; a task whose upstream task failed is
-canceled. Tasks a dead process left running resume their attempt.
+timeout is retried up to ``auto_retries`` times, ``auto_retry_delay`` seconds apart; a task
+whose upstream task failed is canceled. Tasks a dead process left running resume their attempt.
 """
 
 from __future__ import annotations
@@ -144,10 +144,13 @@ class DagRun:
             self.store.set_task_state(job_id, name, state, reason)
             if tries > spec.conf.auto_retries:
                 return
+            delay = spec.conf.auto_retry_delay
             self.store.set_task_state(
                 job_id, name, State.WAITING,
-                f"automatic retry {tries} of {spec.conf.auto_retries} after: {reason}",
+                f"automatic retry {tries} of {spec.conf.auto_retries}"
+                + (f" in {delay:g} s" if delay else "") + f" after: {reason}",
             )  # fmt: skip
+            await anyio.sleep(delay)
 
 
 def fill_inputs(task: TaskSpec, outputs: Mapping[str, Mapping[str, Any]]) -> TaskSpec:

@@ -111,6 +111,7 @@ class FedJob:
         dataset_ids: ...or name each node's dataset id.
         priority: higher runs first among waiting jobs.
         auto_retries: times a failed or timed-out task is tried again.
+        auto_retry_delay: seconds to wait before each of those retries (default 0).
         task_timeout: seconds a task may run before it is stopped and marked timeout.
         parallelism: tasks run at once.
         node_wait: seconds to wait for the nodes before the job fails.
@@ -130,6 +131,7 @@ class FedJob:
         dataset_ids: dict[str, str] | None = None,
         priority: int = 0,
         auto_retries: int = 0,
+        auto_retry_delay: float = 0.0,
         task_timeout: float | None = None,
         parallelism: int = 1,
         node_wait: float = 60.0,
@@ -139,7 +141,8 @@ class FedJob:
     ) -> None:
         self.name = name
         self.conf = JobConf(
-            priority=priority, auto_retries=auto_retries, task_timeout=task_timeout,
+            priority=priority, auto_retries=auto_retries, auto_retry_delay=auto_retry_delay,
+            task_timeout=task_timeout,
             parallelism=parallelism, min_nodes=min_nodes, mandatory_nodes=list(mandatory_nodes),
             node_wait=node_wait,
             inheritance=Inheritance(job_id=inherit_from, tasks=list(inherit_tasks))

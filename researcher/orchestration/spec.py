@@ -97,6 +97,9 @@ class JobConf(BaseModel):
 
     priority: int = Field(default=0, description="Higher runs first among waiting jobs.")
     auto_retries: int = Field(default=0, ge=0, description="Retries of a failed or late task.")
+    auto_retry_delay: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False, description="Seconds between a task's retries."
+    )
     task_timeout: float | None = Field(
         default=None, gt=0, description="Seconds a task may run before it is stopped."
     )

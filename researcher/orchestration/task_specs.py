@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker_net.codes import PreprocStep, PreprocType
+from broker_net.crypto.secagg import MAX_PRECISION_BITS
 from broker_net.topology import check_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -123,6 +124,48 @@ class _Task(BaseModel):
         return OutputRef(task=self.name, key=key)
 
 
+SECURE_STATISTICS = frozenset({"count", "missing", "sum", "mean", "variance", "std"})
+"""The statistics an analytics task computes under secure aggregation (sums of the nodes')."""
+
+
+class SecaggSpec(BaseModel):
+    """Secure aggregation of a task, ``secagg: true`` or its settings, e.g.
+    ``{value_range: 1000, precision_bits: 60}``; unset settings take the defaults.
+
+    ``value_range``: every value (an analytics column's, or a trained parameter) lies within
+    ±value_range, else the node refuses (analytics default 2**40, training 1000).
+    ``precision_bits``: values are kept to multiples of 2**-precision_bits (analytics default:
+    90 bits below the range's leading bit, training 20). ``max_rows`` (analytics, default
+    2**32) bounds a node's rows and ``max_weight`` (training, default 2**20) its sample size.
+    The ring the masked sums live in grows to hold them (up to 512 bits).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    value_range: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    precision_bits: int | None = Field(default=None, ge=0, le=MAX_PRECISION_BITS)
+    max_rows: int | None = Field(default=None, ge=1, description="Analytics only.")
+    max_weight: int | None = Field(default=None, ge=1, description="Training only.")
+
+    def analytics_options(self) -> dict[str, Any]:
+        """What :class:`~researcher.jobs.analytics.FARequestJob` takes as ``secagg_options``."""
+        return self.model_dump(exclude={"max_weight"}, exclude_none=True)
+
+    def training_options(self) -> dict[str, Any]:
+        """What :class:`~researcher.jobs.experiment.Experiment` takes as ``secagg_options``."""
+        options = self.model_dump(exclude={"max_rows", "value_range"}, exclude_none=True)
+        if self.value_range is not None:
+            options["clipping_range"] = self.value_range
+        return options
+
+
+def secagg_settings(value: bool | SecaggSpec) -> SecaggSpec | None:
+    """The settings of a task's ``secagg`` field, ``None`` when it is off."""
+    if isinstance(value, SecaggSpec):
+        return value
+    return SecaggSpec() if value else None
+
+
 class AnalyticsTask(_Task):
     """Federated statistics over each node's dataset, pooled exactly by the researcher.
 
@@ -138,11 +181,28 @@ class AnalyticsTask(_Task):
     exclude_columns: list[str] = Field(
         default_factory=list, description="Left out of the per-statistic maps (e.g. the target)."
     )
+    secagg: bool | SecaggSpec = Field(
+        default=False,
+        description="Pool only masked sums (count, missing, sum, mean, variance, std).",
+    )
 
     output_keys: ClassVar[frozenset[str]] = frozenset(
         {"statistics", "columns", "n_features", "n_rows", "count", "missing", "sum", "mean",
          "variance", "std", "min", "max"}
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _secure_statistics(self) -> Self:
+        settings = secagg_settings(self.secagg)
+        refused = sorted(set(self.stats) - SECURE_STATISTICS)
+        if settings is not None and refused:
+            raise ValueError(
+                f"task {self.name!r}: {', '.join(refused)} cannot be computed under secure "
+                f"aggregation (available: {', '.join(sorted(SECURE_STATISTICS))})"
+            )
+        if settings is not None and settings.max_weight is not None:
+            raise ValueError(f"task {self.name!r}: secagg max_weight is for training tasks")
+        return self
 
 
 class PreprocessingTask(_Task):
@@ -269,6 +329,16 @@ class TrainingTask(_Task):
     )
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     sampling: SamplingSpec | None = None
+    secagg: bool | SecaggSpec = Field(
+        default=False, description="Aggregate masked updates; the researcher sees the mean only."
+    )
+
+    @model_validator(mode="after")
+    def _secagg_settings(self) -> Self:
+        settings = secagg_settings(self.secagg)
+        if settings is not None and settings.max_rows is not None:
+            raise ValueError(f"task {self.name!r}: secagg max_rows is for analytics tasks")
+        return self
 
     input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
     output_keys: ClassVar[frozenset[str]] = frozenset({"rounds", "metrics", "model", "parameters"})

@@ -42,6 +42,7 @@ from researcher.orchestration.task_specs import (
     PreprocessingTask,
     TaskSpec,
     TrainingTask,
+    secagg_settings,
 )
 from researcher.requests.federated import FederatedRequest
 from researcher.requests.hooks import RequestHooks
@@ -183,6 +184,8 @@ async def _analytics(ctx: TaskContext, task: AnalyticsTask) -> dict[str, Any]:
         ctx.requests, experiment_id=ctx.job_id, fa_id=task.name, datasets=ctx.node_datasets,
         stats=task.stats, dataset_schema=task.columns,
         policies=[StopOnError(), DiscardOnTimeout(task.request_timeout)],
+        secagg=(secagg := secagg_settings(task.secagg)) is not None,
+        secagg_options=secagg.analytics_options() if secagg else None,
         hooks=ctx.hooks("request"),
     )  # fmt: skip
     try:
@@ -321,6 +324,8 @@ async def _training(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
         min_replies=task.min_replies or (sampling.min_nodes if sampling else len(ctx.nodes)),
         experiment_id=f"{job_id}.{task.name}", initial_params=initial,
         hooks=lambda number: ctx.hooks(f"round-{number}"), strategy=strategy, sampling=sampling,
+        secagg=(secagg := secagg_settings(task.secagg)) is not None,
+        secagg_options=secagg.training_options() if secagg else None,
     )  # fmt: skip
     if done:
         ctx.progress(f"resuming after round {done[-1].round} of {task.rounds}",

@@ -177,8 +177,7 @@ class Requests:
         """Wait until every node in ``nodes`` has been seen online.
 
         Raises:
-            NodesMissingError: some node did not show up within ``timeout`` seconds (a
-                ``TimeoutError`` naming them).
+            NodesMissingError: a ``TimeoutError`` naming the nodes not seen within ``timeout``.
         """
         wanted = set(nodes)
         with anyio.move_on_after(timeout):

@@ -28,6 +28,8 @@ from researcher.jobs.training import TrainingJob
 from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
 from tests.researcher.jobs.test_strategies import numpy_step
+from tests.simulation.test_secagg_precision import COLUMNS as RANDOM_COLUMNS
+from tests.simulation.test_secagg_precision import RANGE, draw
 from tests.support.processes import AgentProcesses
 from training_plans.logistic import LogisticRegressionPlan
 from training_plans.plan import plan_source
@@ -298,3 +300,35 @@ async def test_a_server_optimizer_steps_from_the_securely_aggregated_mean(
         x, m, v = numpy_step("fedadam", x, m, v, flat, **settings)
     actual = np.concatenate([result.params[n].ravel() for n in names])
     np.testing.assert_allclose(actual, x, rtol=0, atol=1e-12)
+
+
+async def test_secure_analytics_agree_with_plain_to_1e_9_over_rabbitmq(
+    requests: Requests, tmp_path: Path
+) -> None:
+    registered, parts = {}, []
+    for index, node in enumerate(NODES):
+        x = draw(77 + index, 60 + 30 * index)
+        path = tmp_path / node / "random.npz"
+        np.savez(path, X=x, y=np.zeros(len(x)), columns=np.array(RANDOM_COLUMNS))
+        with DatasetRegistry(tmp_path / node) as registry:
+            registered[node] = registry.add(path, name="random").dataset_id
+        parts.append(x)
+    pooled = np.vstack(parts)
+    stats = ["count", "sum", "mean"]
+
+    secure = await FARequestJob(
+        requests, experiment_id="exp", fa_id="fa", datasets=registered, stats=stats,
+        dataset_schema=RANDOM_COLUMNS, policies=[DiscardOnTimeout(30)], secagg=True,
+        secagg_options={"value_range": RANGE},
+    ).execute()  # fmt: skip
+    plain = await FARequestJob(
+        requests, experiment_id="exp", fa_id="fa", datasets=registered, stats=stats,
+        dataset_schema=RANDOM_COLUMNS, policies=[DiscardOnTimeout(30)],
+    ).execute()  # fmt: skip
+
+    for index, column in enumerate(RANDOM_COLUMNS):
+        magnitude = float(np.sum(np.abs(pooled[:, index])))
+        got, want = secure.statistics["columns"][column], plain.statistics["columns"][column]
+        assert got["count"] == want["count"] == len(pooled)
+        assert abs(got["sum"] - want["sum"]) <= 1e-9 * magnitude, column
+        assert abs(got["mean"] - want["mean"]) * len(pooled) <= 1e-9 * magnitude, column

@@ -3,8 +3,10 @@ retries, timeouts, inheritance, nodes missing, stop."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,42 @@ async def test_a_failed_task_is_retried_to_success(tmp_path: Path) -> None:
         (State.RUNNING, State.SUCCESS),
     ]  # fmt: skip
     assert "n1" in failure.reason and "a passing failure" in failure.reason
+
+
+async def test_retries_wait_the_auto_retry_delay(tmp_path: Path) -> None:
+    delay = 0.3
+
+    def handlers(node: str) -> dict[str, Handler]:
+        return {"fa_request": failing_first(2)} if node == "n1" else {}
+
+    async with network(tmp_path, handlers) as requests:
+        with JobStore(tmp_path / "researcher") as store:
+            scheduler = scheduler_for(tmp_path, requests, store)
+            spec = analytics_job("patient", auto_retries=2, auto_retry_delay=delay).spec
+            assert spec.conf.auto_retry_delay == delay
+            job = scheduler.submit(spec)
+            started = time.monotonic()
+            record = await scheduler.run_job(job.job_id)
+            elapsed = time.monotonic() - started
+            history = [e for e in store.history(job.job_id) if e.task == "stats"]
+    assert record.state is State.SUCCESS
+    failed = [datetime.fromisoformat(e.at) for e in history if e.to_state is State.FAILED]
+    retried = [
+        datetime.fromisoformat(e.at)
+        for e in history
+        if e.to_state is State.RUNNING and e.from_state is State.WAITING
+    ][1:]
+    assert len(failed) == len(retried) == 2
+    for failure, retry in zip(failed, retried, strict=True):
+        assert (retry - failure).total_seconds() >= delay
+    assert elapsed >= 2 * delay
+    assert any("automatic retry 1 of 2 in 0.3 s" in e.reason for e in history)
+
+
+def test_a_negative_or_infinite_retry_delay_is_refused() -> None:
+    for value in (-1, float("inf")):
+        with pytest.raises(ValueError, match="auto_retry_delay"):
+            analytics_job("bad", auto_retry_delay=value)
 
 
 async def test_a_rerun_keeps_the_succeeded_tasks_and_runs_the_failed_ones(
