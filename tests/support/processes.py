@@ -42,6 +42,15 @@ class AgentProcesses:
             self.wait_ready(node_id)
         return process
 
+    def start_all(
+        self, node_ids: list[str], *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        """Start several agents at once, then wait until every one consumes."""
+        for node_id in node_ids:
+            self.start(node_id, *extra, wait=False, env=env)
+        for node_id in node_ids:
+            self.wait_ready(node_id)
+
     def wait_ready(self, node_id: str, timeout: float = 30.0) -> None:
         process = self.processes[node_id]
         deadline = time.monotonic() + timeout

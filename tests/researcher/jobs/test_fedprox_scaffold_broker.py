@@ -4,7 +4,7 @@ side persists across rounds and a restart of the agent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from node_agent.state import NodeStateStore
 from researcher.jobs import experiment as experiment_module
 from researcher.jobs.experiment import Experiment
 from researcher.jobs.plans import TrainingPlanApproveJob
-from researcher.jobs.strategies import FedProx, NodeUpdate, Scaffold
+from researcher.jobs.strategies import FedProx, Scaffold
 from researcher.jobs.training import TrainingJob
 from researcher.requests.policies import DiscardOnTimeout
 from researcher.requests.router import Requests
@@ -32,6 +32,7 @@ from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import register_demo_shard
 from tests.node_agent.test_corrections import reference
 from tests.support.processes import AgentProcesses
+from tests.support.recording import RecordingStrategy
 from training_plans.plan import plan_source
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
@@ -60,10 +61,7 @@ def agents(
 ) -> Iterator[AgentProcesses]:
     processes = AgentProcesses(amqp_url, namespace, tmp_path)
     try:
-        for node in NODES:
-            processes.start(node, "--security", wait=False)
-        for node in NODES:
-            processes.wait_ready(node)
+        processes.start_all(NODES, "--security")
         yield processes
     finally:
         processes.stop_all()
@@ -90,23 +88,6 @@ async def _approve(requests: Requests, tmp_path: Path) -> None:
             plans.approve(submitted[node].training_plan_id or "")
 
 
-class Recording:
-    """Wraps a strategy and keeps the updates of each round."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.seen: list[tuple[dict[str, np.ndarray], dict[str, NodeUpdate]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def aggregate(
-        self, round: int, params: Mapping[str, np.ndarray], updates: Mapping[str, NodeUpdate]
-    ) -> dict[str, np.ndarray]:
-        self.seen.append(({k: np.array(v) for k, v in params.items()}, dict(updates)))
-        return self.inner.aggregate(round, params, updates)
-
-
 def _experiment(requests: Requests, datasets: dict[str, str], **options: Any) -> Experiment:
     return Experiment(
         requests, plan=BreastCancerPlan, datasets=datasets, rounds=3,
@@ -130,7 +111,7 @@ async def test_fedprox_node_updates_equal_proximal_gradient_descent(
 ) -> None:
     await _approve(requests, tmp_path)
     mu = 2e4  # with the learning rate 1e-5: a pull of 0.2 towards the global parameters a step
-    recording = Recording(FedProx(mu=mu))
+    recording = RecordingStrategy(FedProx(mu=mu))
     result = await _experiment(requests, datasets, strategy=recording).run()
 
     assert [record.nodes for record in result.rounds] == [NODES] * 3
@@ -175,7 +156,7 @@ async def test_scaffold_with_encrypted_control_variates_persisted_on_the_nodes(
 ) -> None:
     await _approve(requests, tmp_path)
     monkeypatch.setattr(experiment_module, "TrainingJob", WireTrainingJob)
-    recording = Recording(Scaffold(server_learning_rate=1.0))
+    recording = RecordingStrategy(Scaffold(server_learning_rate=1.0))
     experiment = _experiment(requests, datasets, strategy=recording, encrypt_aux_var=True)
     for number in (1, 2):
         await experiment.run_round(number)

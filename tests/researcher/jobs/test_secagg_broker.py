@@ -82,10 +82,7 @@ def agents(
     processes = AgentProcesses(amqp_url, namespace, tmp_path)
     env = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"}
     try:
-        for node in NODES:
-            processes.start(node, "--security", wait=False, env=env)
-        for node in NODES:
-            processes.wait_ready(node)
+        processes.start_all(NODES, "--security", env=env)
         yield processes
     finally:
         processes.stop_all()

@@ -18,7 +18,6 @@ from researcher.jobs.strategies import (
     FedAdam,
     FedAvg,
     FedYogi,
-    NodeUpdate,
     ServerOptimizer,
     Strategy,
 )
@@ -28,6 +27,7 @@ from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import register_demo_shard
 from tests.researcher.jobs.test_strategies import numpy_step
 from tests.support.processes import AgentProcesses
+from tests.support.recording import RecordingStrategy
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 NODES = ["n1", "n2", "n3"]
@@ -46,29 +46,8 @@ def datasets(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def started(agents: AgentProcesses, datasets: dict[str, str]) -> Iterator[AgentProcesses]:
-    env = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"}
-    for node in NODES:
-        agents.start(node, wait=False, env=env)
-    for node in NODES:
-        agents.wait_ready(node)
+    agents.start_all(NODES, env={"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"})
     yield agents
-
-
-class Recording:
-    """Wraps a strategy and keeps what each round gave it."""
-
-    def __init__(self, inner: Strategy) -> None:
-        self.inner = inner
-        self.seen: list[tuple[dict[str, np.ndarray], dict[str, NodeUpdate]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def aggregate(
-        self, round: int, params: Mapping[str, np.ndarray], updates: Mapping[str, NodeUpdate]
-    ) -> dict[str, np.ndarray]:
-        self.seen.append(({k: np.array(v) for k, v in params.items()}, dict(updates)))
-        return self.inner.aggregate(round, params, updates)
 
 
 def _flat(params: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -94,7 +73,7 @@ async def test_each_strategy_equals_its_numpy_reference_over_rabbitmq(
         FedAvg(), FedAdagrad(**settings), FedAdam(**settings), FedYogi(**settings),
     ]  # fmt: skip
     for strategy in strategies:
-        recording = Recording(strategy)
+        recording = RecordingStrategy(strategy)
         experiment = _experiment(requests, datasets, strategy=recording)  # type: ignore[arg-type]
         result = await experiment.run()
 
