@@ -190,7 +190,8 @@ async def test_an_idle_worker_is_killed_after_its_idle_timeout():
         await run(workers, "e")
         [worker] = workers.workers()
         deadline = time.monotonic() + 10
-        while workers.workers() and time.monotonic() < deadline:
+        # The worker leaves the pool, then its process is killed: wait for both.
+        while (workers.workers() or alive(worker.pid)) and time.monotonic() < deadline:
             await anyio.sleep(0.1)
         assert workers.workers() == [] and not alive(worker.pid)
         assert (await run(workers, "e"))["train_rounds"] == 1
