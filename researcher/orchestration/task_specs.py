@@ -257,28 +257,44 @@ class PlanCheckTask(_Task):
 
 class StrategySpec(BaseModel):
     """The strategy of a training task (:mod:`researcher.jobs.strategies`), e.g.
-    ``{name: fedadam, server_learning_rate: 0.1}``; unset settings take the strategy's
-    defaults (η 0.1, β1 0.9, β2 0.99, τ 1e-3)."""
+    ``{name: fedadam, server_learning_rate: 0.1}`` or ``{name: fedprox, mu: 0.01}``; unset
+    settings take the strategy's defaults (η 0.1, β1 0.9, β2 0.99, τ 1e-3; FedProx μ 0.01;
+    SCAFFOLD η 1 over all the task's nodes). ``encrypt_aux_var`` encrypts the auxiliary
+    variables (SCAFFOLD's control variates) for one party each way."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["fedavg", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    name: Literal["fedavg", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold"] = "fedavg"
     server_learning_rate: float | None = Field(default=None, gt=0, description="η")
     beta_1: float | None = Field(default=None, ge=0, lt=1, description="β1, momentum")
     beta_2: float | None = Field(default=None, ge=0, lt=1, description="β2 (Adam, Yogi)")
     tau: float | None = Field(default=None, gt=0, description="τ, adaptivity")
+    mu: float | None = Field(default=None, ge=0, description="FedProx's proximal weight μ")
+    n_nodes: int | None = Field(default=None, ge=1, description="SCAFFOLD's N")
+    encrypt_aux_var: bool = Field(default=False, description="Encrypt auxiliary variables.")
 
     @model_validator(mode="after")
     def _settings_fit(self) -> Self:
-        if self.name == "fedavg" and self.settings():
-            raise ValueError(f"fedavg takes no settings (got {', '.join(self.settings())})")
-        if self.name == "fedadagrad" and self.beta_2 is not None:
-            raise ValueError("fedadagrad takes no beta_2")
+        allowed = _STRATEGY_SETTINGS[self.name]
+        extra = sorted(set(self.settings()) - allowed)
+        if extra:
+            raise ValueError(f"{self.name} takes no {', '.join(extra)}")
         return self
 
     def settings(self) -> dict[str, float]:
-        """The settings given, by name."""
-        return self.model_dump(exclude={"name"}, exclude_none=True)
+        """The strategy's settings given, by name."""
+        return self.model_dump(exclude={"name", "encrypt_aux_var"}, exclude_none=True)
+
+
+_ADAPTIVE = {"server_learning_rate", "beta_1", "beta_2", "tau"}
+_STRATEGY_SETTINGS: dict[str, set[str]] = {
+    "fedavg": set(),
+    "fedadagrad": _ADAPTIVE - {"beta_2"},
+    "fedadam": _ADAPTIVE,
+    "fedyogi": _ADAPTIVE,
+    "fedprox": {"mu"},
+    "scaffold": {"server_learning_rate", "n_nodes"},
+}
 
 
 class SamplingSpec(BaseModel):

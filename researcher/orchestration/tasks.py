@@ -324,6 +324,7 @@ async def _training(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
         min_replies=task.min_replies or (sampling.min_nodes if sampling else len(ctx.nodes)),
         experiment_id=f"{job_id}.{task.name}", initial_params=initial,
         hooks=lambda number: ctx.hooks(f"round-{number}"), strategy=strategy, sampling=sampling,
+        encrypt_aux_var=task.strategy.encrypt_aux_var,
         secagg=(secagg := secagg_settings(task.secagg)) is not None,
         secagg_options=secagg.training_options() if secagg else None,
     )  # fmt: skip

@@ -103,10 +103,29 @@ def test_a_spec_selects_a_strategy_and_a_sampling_and_runs(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
+    "strategy",
+    [
+        "{name: fedprox, mu: 0.5}",
+        "{name: scaffold, server_learning_rate: 1.0, encrypt_aux_var: true}",
+    ],
+)
+def test_a_spec_selects_fedprox_or_scaffold(strategy: str, tmp_path: Path) -> None:
+    spec = JobSpec.from_yaml(spec_text(f"strategy: {strategy}"))
+    result = simulate(FedJob.from_spec(spec), 3, workspace=tmp_path / "run")
+    assert result.state is State.SUCCESS, result.reason
+    assert len(result.rounds["train"]) == 3
+    assert result.outputs["train"]["metrics"]["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         ("strategy: {name: fedsgd}", "strategy.name"),
-        ("strategy: {name: fedavg, tau: 0.1}", "fedavg takes no settings"),
+        ("strategy: {name: fedavg, tau: 0.1}", "fedavg takes no tau"),
+        ("strategy: {name: fedadagrad, beta_2: 0.9}", "fedadagrad takes no beta_2"),
+        ("strategy: {name: fedprox, tau: 0.1}", "fedprox takes no tau"),
+        ("strategy: {name: scaffold, mu: 1}", "scaffold takes no mu"),
+        ("strategy: {name: fedprox, mu: -1}", "mu"),
         ("strategy: {name: fedadam, momentum: 0.9}", "momentum"),
         ("strategy: {name: fedyogi, beta_1: 1.5}", "beta_1"),
         ("sampling: {fraction: 0.5, count: 2}", "a fraction or a count"),
