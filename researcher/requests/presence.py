@@ -10,6 +10,7 @@ from datetime import datetime
 import anyio
 import anyio.abc
 
+from broker_net.codes import ErrorCode
 from broker_net.frames import EnvelopeVerifier, FrameRefused, open_frame, read_message
 from broker_net.messages import Heartbeat, utc_now
 from broker_net.topology import QueueSpec
@@ -111,9 +112,19 @@ async def listen_to_heartbeats(
                 incoming = open_frame(delivery, verifier=verifier)
                 beat = read_message(incoming)
             except FrameRefused as refused:
-                level = logging.INFO if refused.code.name == "REPLAYED_MESSAGE" else logging.WARNING
-                logger.log(level, "dropping a heartbeat: %s: %s", refused.code.name, refused.reason)
+                log_dropped("heartbeat", refused)
             else:
                 if isinstance(beat, Heartbeat) and beat.node_id == incoming.header.sender_id:
                     table.update(beat, arrived=utc_now(), arrived_monotonic=time.monotonic())
             await delivery.ack()
+
+
+def log_dropped(what: str, refused: FrameRefused, log: logging.Logger = logger) -> None:
+    """Log a reply or heartbeat dropped because it could not be used: a copy seen before is
+    expected after a reconnect (INFO), anything else is worth a warning."""
+    if refused.code is ErrorCode.REPLAYED_MESSAGE:
+        # Expected after a reconnect: the broker, or a node answering a redelivered request
+        # from its stored reply, hands over a copy already taken.
+        log.info("dropping a %s seen before (a copy after a reconnect)", what)
+    else:
+        log.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)

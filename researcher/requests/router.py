@@ -28,7 +28,6 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from broker_net.codes import ErrorCode
 from broker_net.crypto.authentication import Security
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
@@ -45,7 +44,12 @@ from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import Receipt
 from researcher.requests.policies import DiscardOnTimeout, Policy
-from researcher.requests.presence import NodePresence, PresenceTable, listen_to_heartbeats
+from researcher.requests.presence import (
+    NodePresence,
+    PresenceTable,
+    listen_to_heartbeats,
+    log_dropped,
+)
 from researcher.requests.reply_log import LateReply, ReplyLog
 from researcher.requests.sending import send_cancels
 
@@ -269,7 +273,7 @@ class Requests:
             if refused.stage == "transfer":
                 self._on_failed_transfer(delivery, refused)
             else:
-                _log_dropped(what, refused)
+                log_dropped(what, refused, logger)
             return None
 
     def _route(self, fed: FederatedRequest, node: str, message: Any) -> None:
@@ -315,15 +319,6 @@ def _transfer_error(
         code=refused.code,
         message=f"the reply could not be received: {refused.reason}",
     )
-
-
-def _log_dropped(what: str, refused: FrameRefused) -> None:
-    if refused.code is ErrorCode.REPLAYED_MESSAGE:
-        # Expected after a reconnect: the broker, or a node answering a redelivered request
-        # from its stored reply, hands over a copy already taken.
-        logger.info("dropping a %s seen before (a copy after a reconnect)", what)
-    else:
-        logger.warning("dropping a %s: %s: %s", what, refused.code.name, refused.reason)
 
 
 async def _start(group: TaskGroup, *consumers: Callable[..., Coroutine[Any, Any, None]]) -> None:
