@@ -45,6 +45,7 @@ from broker_net.errors import (
     UnroutableError,
 )
 from broker_net.memory import MemoryBroker, MemoryTransport
+from broker_net.message_base import new_id, utc_now
 from broker_net.messages import (
     MESSAGE_TYPES,
     REPLY_TYPES,
@@ -74,8 +75,6 @@ from broker_net.messages import (
     TrainingPlanStatusRequest,
     TrainReply,
     TrainRequest,
-    new_id,
-    utc_now,
 )
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
 from broker_net.transport import Delivery, TransferProgress, Transport

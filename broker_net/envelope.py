@@ -20,7 +20,8 @@ import msgpack
 
 from broker_net.codec import Parts, encode_parts
 from broker_net.errors import EnvelopeError, MessageTooLargeError
-from broker_net.messages import AnyMessage, field_value
+from broker_net.message_base import field_value
+from broker_net.messages import AnyMessage
 
 Role = Literal["researcher", "node"]
 ENVELOPE_VERSION = 1

@@ -34,7 +34,8 @@ from broker_net.errors import (
     ProtocolVersionError,
     SecurityError,
 )
-from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat, field_value
+from broker_net.message_base import field_value
+from broker_net.messages import AnyMessage, ErrorMessage, Heartbeat
 from broker_net.transport import Body, Delivery, OutgoingMessage
 
 RefusalStage: TypeAlias = Literal["transfer", "envelope", "authentication", "message"]

@@ -9,55 +9,13 @@ researcher derives each node's processing time.
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
-from broker_net.version import PROTOCOL_VERSION
-
-
-def new_id(prefix: str) -> str:
-    """Return a fresh unique id such as ``request_3f2a...``: 128 random bits in hex."""
-    return f"{prefix}_{os.urandom(16).hex()}"
-
-
-def field_value(message: Any, name: str) -> Any:
-    """``message.name``, or ``None`` without such a field (cheaper than ``getattr`` with a
-    default on a pydantic model, whose attribute fallback costs more than a small message)."""
-    values = getattr(message, "__dict__", None)
-    if values is None:
-        return getattr(message, name, None)
-    return values.get(name)
-
-
-def utc_now() -> datetime:
-    """Return the current time as an aware UTC datetime."""
-    return datetime.now(UTC)
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    protocol_version: str = PROTOCOL_VERSION
-
-
-class _Request(_Message):
-    request_id: str = Field(default_factory=lambda: new_id("request"), min_length=1)
-    researcher_id: str = Field(min_length=1)
-
-
-class _Reply(_Message):
-    request_id: str = Field(min_length=1)
-    researcher_id: str = Field(min_length=1)
-    node_id: str = Field(min_length=1)
-    node_name: str = ""
-    received_at: datetime | None = None
-    """When the node started handling the request (node clock)."""
-    replied_at: datetime | None = None
-    """When the node finished handling it (node clock)."""
+from broker_net.message_base import MessageBase, ReplyBase, RequestBase, utc_now
 
 
 class DatasetInfo(BaseModel):
@@ -78,27 +36,27 @@ class DatasetInfo(BaseModel):
 # --- ping and list ------------------------------------------------------------------------------
 
 
-class PingRequest(_Request):
+class PingRequest(RequestBase):
     """Ask a node whether it is alive."""
 
     type: Literal["ping_request"] = "ping_request"
 
 
-class PingReply(_Reply):
+class PingReply(ReplyBase):
     """A node's answer to :class:`PingRequest`."""
 
     type: Literal["ping_reply"] = "ping_reply"
     agent_version: str = ""
 
 
-class ListRequest(_Request):
+class ListRequest(RequestBase):
     """Ask a node for its datasets, optionally only those carrying all ``tags``."""
 
     type: Literal["list_request"] = "list_request"
     tags: list[str] = Field(default_factory=list)
 
 
-class ListReply(_Reply):
+class ListReply(ReplyBase):
     """A node's datasets."""
 
     type: Literal["list_reply"] = "list_reply"
@@ -114,7 +72,7 @@ class ListReply(_Reply):
 # --- federated analytics -----------------------------------------------------------------------
 
 
-class FARequest(_Request):
+class FARequest(RequestBase):
     """Ask a node for statistics over one of its datasets.
 
     Exactly one of ``stats`` (a flat list of statistic names, applied to the columns chosen by
@@ -143,7 +101,7 @@ class FARequest(_Request):
         return self
 
 
-class FAReply(_Reply):
+class FAReply(ReplyBase):
     """A node's statistics. Plain replies fill ``output``; encrypted ones fill
     ``params_encrypted`` and ``output_schema`` instead."""
 
@@ -176,7 +134,7 @@ class FAReply(_Reply):
 # --- preprocessing -----------------------------------------------------------------------------
 
 
-class PreprocRequest(_Request):
+class PreprocRequest(RequestBase):
     """Ask a node to run one step of a preprocessing method on a dataset."""
 
     type: Literal["preproc_request"] = "preproc_request"
@@ -189,7 +147,7 @@ class PreprocRequest(_Request):
     state_id: str | None = None
 
 
-class PreprocReply(_Reply):
+class PreprocReply(ReplyBase):
     """Result of a preprocessing step; ``state_id`` names where the node keeps its state."""
 
     type: Literal["preproc_reply"] = "preproc_reply"
@@ -204,7 +162,7 @@ class PreprocReply(_Reply):
 # --- training ----------------------------------------------------------------------------------
 
 
-class TrainRequest(_Request):
+class TrainRequest(RequestBase):
     """Ask a node to train (or only evaluate) a training plan for one round."""
 
     type: Literal["train_request"] = "train_request"
@@ -228,7 +186,7 @@ class TrainRequest(_Request):
     """``params`` is encrypted for the node, which encrypts its reply's ``params`` too."""
 
 
-class TrainReply(_Reply):
+class TrainReply(ReplyBase):
     """A node's updated parameters, sample size, timing and local metrics for one round."""
 
     type: Literal["train_reply"] = "train_reply"
@@ -252,7 +210,7 @@ SecaggStep: TypeAlias = Literal["keys", "shares", "deliver", "reveal"]
 """The exchanges of secure aggregation, in order (see :mod:`broker_net.crypto.secagg`)."""
 
 
-class SecaggRequest(_Request):
+class SecaggRequest(RequestBase):
     """One exchange of secure aggregation, to set a context up or to unmask one of its rounds:
     ``keys`` carries the ``context`` (the node answers its signed public keys), ``shares`` every
     participant's ``public_keys`` (it answers its seed shares, encrypted for each peer),
@@ -272,7 +230,7 @@ class SecaggRequest(_Request):
     survivors: list[str] = Field(default_factory=list)
 
 
-class SecaggReply(_Reply):
+class SecaggReply(ReplyBase):
     """A node's answer to one :class:`SecaggRequest` step: its signed ``public_keys``
     (``keys``), its encrypted ``shares`` by peer (``shares``), nothing (``deliver``) or its
     ``revealed`` shares (``reveal``)."""
@@ -289,7 +247,7 @@ class SecaggReply(_Reply):
 # --- training plans ----------------------------------------------------------------------------
 
 
-class TrainingPlanStatusRequest(_Request):
+class TrainingPlanStatusRequest(RequestBase):
     """Ask a node whether a training plan is approved there."""
 
     type: Literal["training_plan_status_request"] = "training_plan_status_request"
@@ -297,7 +255,7 @@ class TrainingPlanStatusRequest(_Request):
     training_plan: str = Field(min_length=1)
 
 
-class TrainingPlanStatusReply(_Reply):
+class TrainingPlanStatusReply(ReplyBase):
     """Approval status of a training plan on a node."""
 
     type: Literal["training_plan_status_reply"] = "training_plan_status_reply"
@@ -309,7 +267,7 @@ class TrainingPlanStatusReply(_Reply):
     msg: str = ""
 
 
-class ApprovalRequest(_Request):
+class ApprovalRequest(RequestBase):
     """Submit a training plan for review by the node's operator."""
 
     type: Literal["approval_request"] = "approval_request"
@@ -317,7 +275,7 @@ class ApprovalRequest(_Request):
     training_plan: str = Field(min_length=1)
 
 
-class ApprovalReply(_Reply):
+class ApprovalReply(ReplyBase):
     """``success`` means the plan is registered for review, not that it is approved;
     ``status`` says where it stands."""
 
@@ -334,7 +292,7 @@ CancelState: TypeAlias = Literal["running", "queued", "finished", "unknown"]
 """Where the work a :class:`CancelRequest` names stood when the cancel arrived."""
 
 
-class CancelRequest(_Request):
+class CancelRequest(RequestBase):
     """Stop the work of request ``target_request_id`` (sent by the same researcher) on a node;
     the node answers that request with a ``CANCELLED`` error, and this one with a CancelReply."""
 
@@ -342,7 +300,7 @@ class CancelRequest(_Request):
     target_request_id: str = Field(min_length=1)
 
 
-class CancelReply(_Reply):
+class CancelReply(ReplyBase):
     """``cancelled``: the work was stopped (it was ``running`` or ``queued``); otherwise it had
     ``finished``, or is ``unknown`` to the node (also a request of another researcher)."""
 
@@ -355,7 +313,7 @@ class CancelReply(_Reply):
 # --- presence and errors -----------------------------------------------------------------------
 
 
-class Heartbeat(_Message):
+class Heartbeat(MessageBase):
     """Published by every node agent on the presence exchange at a fixed interval."""
 
     type: Literal["heartbeat"] = "heartbeat"
@@ -368,7 +326,7 @@ class Heartbeat(_Message):
     stopping: bool = False
 
 
-class ErrorMessage(_Message):
+class ErrorMessage(MessageBase):
     """A node's answer when it could not do what was asked.
 
     ``request_id`` is set whenever the request's id could be read, so the researcher can match

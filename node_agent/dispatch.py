@@ -17,7 +17,8 @@ import anyio
 from broker_net.codes import ErrorCode
 from broker_net.crypto.authentication import Security
 from broker_net.frames import FrameRefused, IncomingFrame, open_frame, read_message
-from broker_net.messages import REPLY_TYPES, CancelRequest, field_value, utc_now
+from broker_net.message_base import field_value, utc_now
+from broker_net.messages import REPLY_TYPES, CancelRequest
 from broker_net.transport import Delivery
 from node_agent.cancels import Cancellations
 from node_agent.context import HandlerError, NodeContext

@@ -12,7 +12,7 @@ import logging
 from broker_net.codes import ErrorCode
 from broker_net.errors import TransportError
 from broker_net.frames import FrameRefused
-from broker_net.messages import utc_now
+from broker_net.message_base import utc_now
 from broker_net.transport import Delivery
 from node_agent.replier import ReplySender, settle_quietly
 

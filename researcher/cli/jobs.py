@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker_net.cli_errors import USAGE, CliApp, CliError, explain, guard, validation_summary
-from broker_net.messages import new_id
+from broker_net.message_base import new_id
 from researcher.cli.broker import load_settings, session
 from researcher.orchestration import outputs
 from researcher.orchestration.lifecycle import State

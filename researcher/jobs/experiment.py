@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from broker_net.messages import new_id
+from broker_net.message_base import new_id
 from researcher.errors import RequestError
 from researcher.jobs.aggregation import weighted_metrics
 from researcher.jobs.sampling import Sampling

@@ -46,6 +46,7 @@ from broker_net.crypto.secagg import (
     ring_bits_for,
 )
 from broker_net.crypto.secagg_aggregator import SecaggAggregator, SecaggResult
+from broker_net.message_base import new_id
 from broker_net.messages import (
     ErrorMessage,
     FAReply,
@@ -53,7 +54,6 @@ from broker_net.messages import (
     SecaggRequest,
     SecaggStep,
     TrainReply,
-    new_id,
 )
 from researcher.errors import SecureAggregationError
 from researcher.jobs.masked import masked_params, masked_statistics, statistics_from_sum, unflatten

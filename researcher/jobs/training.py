@@ -9,7 +9,8 @@ from typing import Any
 
 from broker_net.crypto.encryption import DecryptionError
 from broker_net.crypto.identities import UnknownKeyError
-from broker_net.messages import TrainReply, TrainRequest, new_id
+from broker_net.message_base import new_id
+from broker_net.messages import TrainReply, TrainRequest
 from researcher.errors import JobError
 from researcher.jobs.base import Job
 from researcher.jobs.payloads import open_reply, seal_request

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio
 
 from broker_net.errors import TransportError
-from broker_net.messages import ErrorMessage, RequestMessage, new_id
+from broker_net.message_base import new_id
+from broker_net.messages import ErrorMessage, RequestMessage
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeLedger, NodeTiming, Receipt
 from researcher.requests.policies import (

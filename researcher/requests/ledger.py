@@ -21,7 +21,8 @@ from typing import Any
 import anyio
 
 from broker_net.codes import ErrorCode
-from broker_net.messages import ErrorMessage, utc_now
+from broker_net.message_base import utc_now
+from broker_net.messages import ErrorMessage
 from researcher.requests.policies import NodeState, RequestStatus
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import anyio.abc
 
 from broker_net.codes import ErrorCode
 from broker_net.frames import EnvelopeVerifier, FrameRefused, open_frame, read_message
-from broker_net.messages import Heartbeat, utc_now
+from broker_net.message_base import utc_now
+from broker_net.messages import Heartbeat
 from broker_net.topology import QueueSpec
 from broker_net.transport import Transport
 

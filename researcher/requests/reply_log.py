@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker_net.messages import ErrorMessage, field_value, utc_now
+from broker_net.message_base import field_value, utc_now
+from broker_net.messages import ErrorMessage
 
 logger = logging.getLogger(__name__)
 

@@ -31,12 +31,8 @@ from anyio.abc import TaskGroup
 from broker_net.crypto.authentication import Security
 from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
-from broker_net.messages import (
-    ErrorMessage,
-    PingRequest,
-    RequestMessage,
-    field_value,
-)
+from broker_net.message_base import field_value
+from broker_net.messages import ErrorMessage, PingRequest, RequestMessage
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, TransferProgress, Transport
 from researcher.errors import NodesMissingError

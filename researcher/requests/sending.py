@@ -23,7 +23,8 @@ from broker_net.codec import encode_parts
 from broker_net.envelope import EnvelopeHeader
 from broker_net.errors import TransportError, UnroutableError
 from broker_net.frames import frame
-from broker_net.messages import CancelRequest, RequestMessage, utc_now
+from broker_net.message_base import utc_now
+from broker_net.messages import CancelRequest, RequestMessage
 from broker_net.transport import OutgoingMessage
 from researcher.requests.ledger import NodeEntry, NodeLedger
 from researcher.requests.policies import NodeState, Policy, RequestStatus

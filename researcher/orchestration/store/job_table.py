@@ -6,7 +6,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-from broker_net.messages import new_id
+from broker_net.message_base import new_id
 from researcher.orchestration.lifecycle import State, check_transition
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.database import StoreDatabase
