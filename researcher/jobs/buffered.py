@@ -144,6 +144,7 @@ class BufferedExperiment:
         self.result = BufferedResult(self.experiment_id, self.server.params, self.server.version)
         self.pool = NodePool(self.datasets, requests.presence, retry_delay)
         self._buffered: dict[str, UpdateRecord] = {}
+        self._cancelled: set[str] = set()
         self._done = anyio.Event()
         self._elapsed = elapsed
         self._started = 0.0
@@ -157,10 +158,9 @@ class BufferedExperiment:
         """Train until a stop condition is met; return every version and update.
 
         Args:
-            resume: requests an earlier process sent and did not settle, by request id: the
-                node and the version each carried. Each node waits for (or is asked again
-                for) that request first; its hooks (``hooks(request_id)``) say what reached
-                the node.
+            resume: requests an earlier process sent and did not settle, by id: the node and
+                version of each. Their nodes take them up first, in order (``hooks(id)`` says
+                what reached the node).
         """
         self._started = time.monotonic() - self._elapsed
         if (reached := self.stop.reached(self.server.version, {})) is not None:
@@ -170,15 +170,15 @@ class BufferedExperiment:
         left = float("inf") if budget is None else budget - self._elapsed
         with anyio.move_on_after(left) as scope:
             async with anyio.create_task_group() as group:
-                for request_id, (node, version) in (resume or {}).items():
-                    if node in self.datasets and node not in self.pool.members:
-                        self.pool.join(node)
-                        group.start_soon(self._work, node, (request_id, version))
+                for node, pending in _by_node(resume or {}).items():
+                    self.pool.join(node)
+                    group.start_soon(self._work, node, pending)
                 group.start_soon(self._watch_pool, group)
                 await self._done.wait()
                 group.cancel_scope.cancel()
         if scope.cancelled_caught:
             self.result.stopped_because = f"the time budget of {budget:g} s is spent"
+        await drain_answers(self.requests, self._cancelled, DRAIN_TIMEOUT)
         for record in self._buffered.values():
             self._settle(record, UpdateStatus.UNAPPLIED, "the job ended before its buffer filled")
         self._buffered.clear()
@@ -199,22 +199,28 @@ class BufferedExperiment:
             for node in self.pool.joiners(now):
                 logger.info("node %s joins the pool at version %d", node, self.server.version)
                 self.pool.join(node)
-                group.start_soon(self._work, node, None)
+                group.start_soon(self._work, node, list[tuple[str, int]]())
             if self.pool.empty_for(now) >= self.stop.node_wait:
                 self._end(f"no node was available for {self.stop.node_wait:g} s")
                 return
             await anyio.sleep(self.requests.presence_check_interval)
 
-    async def _work(self, node: str, resumed: tuple[str, int] | None) -> None:
-        """Keep one request in flight on ``node`` until it leaves the pool or training ends."""
+    async def _work(self, node: str, resumed: list[tuple[str, int]]) -> None:
+        """Keep one request in flight on ``node`` until it leaves the pool or training ends;
+        first the requests an earlier process left in flight there."""
         try:
             while not self._done.is_set():
-                request_id, version = resumed or (new_id("request"), self.server.version)
-                resumed = None
+                request_id, version = (
+                    resumed.pop(0) if resumed else (new_id("request"), self.server.version)
+                )
                 if not await self._train_once(node, request_id, version):
                     return
         finally:
             self.pool.leave(node)
+            status = UpdateStatus.CANCELLED if self._done.is_set() else UpdateStatus.LOST
+            for request_id, version in resumed:
+                record = UpdateRecord(request_id, node, version, status)
+                self._settle(record, status, f"node {node} left before this request resumed")
 
     async def _train_once(self, node: str, request_id: str, version: int) -> bool:
         """Send one request, wait for it and take its update; False when the node leaves."""
@@ -240,6 +246,7 @@ class BufferedExperiment:
             async with fed:
                 pass
         except anyio.get_cancelled_exc_class():
+            self._cancelled.add(request_id)
             record = UpdateRecord(request_id, node, version, UpdateStatus.CANCELLED)
             self._settle(record, UpdateStatus.CANCELLED, "training ended while the node trained")
             raise
@@ -252,17 +259,8 @@ class BufferedExperiment:
             sent_at=timing.sent_at if timing else None,
             round_trip=timing.round_trip if timing else None,
         )  # fmt: skip
-        reply = fed.replies().get(node)
-        status = fed.status().get(node, RequestStatus.STOPPED)
-        if not isinstance(reply, TrainReply) or status is not RequestStatus.SUCCESS:
-            why = fed.reasons().get(node) or status.value
-            self._settle(base, UpdateStatus.LOST, f"node {node}: {why}")
-            return False
-        if not reply.success or not reply.params or not reply.sample_size:
-            self._settle(base, UpdateStatus.LOST, f"node {node}: {reply.msg or 'no update'}")
-            return False
-        if reply.model_version != version:
-            why = f"node {node} answered for version {reply.model_version}, not {version}"
+        reply, why = _usable_reply(node, version, fed)
+        if reply is None or reply.params is None or reply.sample_size is None:
             self._settle(base, UpdateStatus.LOST, why)
             return False
         record = _with(base, sample_size=reply.sample_size, metrics=dict(reply.metrics))
@@ -315,6 +313,45 @@ class BufferedExperiment:
         self.result.updates.append(settled)
         if self.on_update is not None:
             self.on_update(settled)
+
+
+DRAIN_TIMEOUT = 5.0
+"""Seconds training waits, once over, for the nodes' answers to the requests it cancelled."""
+
+
+async def drain_answers(requests: Requests, request_ids: set[str], timeout: float) -> None:
+    """Wait at most ``timeout`` seconds for an answer (a CANCELLED error, or a reply that
+    crossed the cancel) to each of ``request_ids``, so that none is left in the durable reply
+    queue for a later process; they go to the late-reply log."""
+    waiting = set(request_ids)
+    with anyio.move_on_after(timeout):
+        while waiting:
+            waiting -= {late.request_id for late in requests.late_replies}
+            if waiting:
+                await anyio.sleep(0.05)
+    if waiting:
+        logger.info("no answer yet to the cancelled requests %s", sorted(waiting))
+
+
+def _usable_reply(node: str, version: int, fed: FederatedRequest) -> tuple[TrainReply | None, str]:
+    """``node``'s reply when it holds an update of ``version``, else why the update is lost."""
+    reply = fed.replies().get(node)
+    status = fed.status().get(node, RequestStatus.STOPPED)
+    if not isinstance(reply, TrainReply) or status is not RequestStatus.SUCCESS:
+        return None, f"node {node}: {fed.reasons().get(node) or status.value}"
+    if not reply.success or not reply.params or not reply.sample_size:
+        return None, f"node {node}: {reply.msg or 'no update'}"
+    if reply.model_version != version:
+        return None, f"node {node} answered for version {reply.model_version}, not {version}"
+    return reply, ""
+
+
+def _by_node(resume: Mapping[str, tuple[str, int]]) -> dict[str, list[tuple[str, int]]]:
+    """The resumed requests of each node, oldest version first."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for request_id, (node, version) in resume.items():
+        found.setdefault(node, []).append((request_id, version))
+    return {node: sorted(pending, key=lambda p: p[1]) for node, pending in found.items()}
 
 
 def _with(record: UpdateRecord, **changes: Any) -> UpdateRecord:

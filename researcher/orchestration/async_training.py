@@ -57,6 +57,7 @@ async def run_async_training(
     resume = {
         row["request_id"]: (row["node_id"], row["base_version"])
         for row in store.async_updates(job_id, name, attempt, UpdateStatus.IN_FLIGHT)
+        if row["node_id"] in ctx.nodes
     }
     if done or resume:
         ctx.progress(f"resuming at version {last} with {len(resume)} request(s) in flight",

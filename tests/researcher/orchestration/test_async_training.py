@@ -26,8 +26,11 @@ from tests.researcher.orchestration.test_scheduler import TRAINING_ARGS, network
 pytestmark = pytest.mark.anyio
 
 
-def async_job(name: str = "async", versions: int = 4, **fedbuff: object) -> FedJob:
-    job = FedJob(name, min_nodes=2)
+def async_job(
+    name: str = "async", versions: int = 4, min_nodes: int = 2, **fedbuff: object
+) -> FedJob:
+    """Approval, statistics, standardisation, then asynchronous training."""
+    job = FedJob(name, min_nodes=min_nodes)
     plan = job.plan(BreastCancerPlan)
     job.to_nodes(PlanApprovalTask(name="approve", plan=plan))
     stats = job.to_nodes(AnalyticsTask(name="stats", exclude_columns=["target"]))
