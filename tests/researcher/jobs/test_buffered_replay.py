@@ -13,12 +13,13 @@ import anyio
 import numpy as np
 import pytest
 
+from broker_net.codes import ErrorCode
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import TrainReply, TrainRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
-from node_agent.context import NodeContext
-from node_agent.handlers import HANDLERS
+from node_agent.context import HandlerError, NodeContext
+from node_agent.handlers import HANDLERS, Handler
 from node_agent.settings import NodeSettings
 from researcher.jobs.buffered import BufferedExperiment
 from researcher.jobs.buffered_records import SECAGG_REFUSED, StopWhen, UpdateStatus
@@ -76,7 +77,7 @@ class ScriptedNodes:
 
 
 @asynccontextmanager
-async def scripted_network(root: Path, nodes: ScriptedNodes) -> AsyncIterator[Requests]:
+async def scripted_network(root: Path, handler: Handler) -> AsyncIterator[Requests]:
     broker = MemoryBroker()
     topology = Topology("fedbuff")
     async with AsyncExitStack() as stack:
@@ -86,7 +87,7 @@ async def scripted_network(root: Path, nodes: ScriptedNodes) -> AsyncIterator[Re
                 heartbeat_interval=0.2, security=False,
             )  # fmt: skip
             transport = await stack.enter_async_context(MemoryTransport(broker))
-            handlers = dict(HANDLERS, train_request=nodes.handle)
+            handlers = dict(HANDLERS, train_request=handler)
             await stack.enter_async_context(
                 NodeAgent(settings, transport, handlers=handlers, shutdown_grace=0.2)
             )
@@ -122,7 +123,7 @@ async def test_versions_equal_the_numpy_reference(
 
     nodes = ScriptedNodes()
     published: dict[int, dict[str, np.ndarray]] = {}
-    async with scripted_network(tmp_path, nodes) as requests:
+    async with scripted_network(tmp_path, nodes.handle) as requests:
         experiment = BufferedExperiment(
             requests, plan=LogisticRegressionPlan, datasets=dict.fromkeys(NODES, "d"),
             model_args={"n_features": 4}, settings=settings,
@@ -178,3 +179,44 @@ async def test_secure_aggregation_is_refused_in_asynchronous_mode(tmp_path: Path
             settings=FedBuffSettings(), stop=StopWhen(max_versions=1), secagg=True,
         )  # fmt: skip
     assert "pairwise masks" in SECAGG_REFUSED
+
+
+async def test_a_failing_node_leaves_the_pool_and_rejoins_and_a_target_ends_training(
+    tmp_path: Path,
+) -> None:
+    failures = {"n2": 1}
+
+    async def handle(request: TrainRequest, context: NodeContext) -> TrainReply:
+        if failures.get(context.node_id):
+            failures[context.node_id] -= 1
+            raise HandlerError(ErrorCode.NODE_ERROR, "a passing failure")
+        await anyio.sleep(0.01)
+        assert request.model_version is not None
+        trained, samples = train(context.node_id, request.params, request.model_version)
+        return TrainReply(
+            request_id=request.request_id, researcher_id=request.researcher_id,
+            node_id=context.node_id, experiment_id=request.experiment_id, round=request.round,
+            success=True, params=trained, sample_size=samples,
+            model_version=request.model_version,
+        )  # fmt: skip
+
+    def n2_applied(params: object) -> dict[str, float]:
+        done = [u for u in experiment.result.updates if u.node_id == "n2"]
+        return {"n2_applied": float(sum(u.status is UpdateStatus.APPLIED for u in done))}
+
+    async with scripted_network(tmp_path, handle) as requests:
+        experiment = BufferedExperiment(
+            requests, plan=LogisticRegressionPlan, datasets=dict.fromkeys(NODES, "d"),
+            model_args={"n_features": 2}, settings=FedBuffSettings(buffer_size=2),
+            stop=StopWhen(max_versions=10_000, time_budget=60, target_metric="n2_applied",
+                          target_value=1),
+            evaluate=n2_applied, retry_delay=0.2,
+        )  # fmt: skip
+        result = await experiment.run()
+
+    # n2 failed, left the pool (its update lost and named), came back and was applied.
+    assert result.stopped_because == "n2_applied 1 reached 1", result.stopped_because
+    lost = [u for u in result.updates if u.status is UpdateStatus.LOST]
+    assert [u.node_id for u in lost] == ["n2"]
+    assert "n2" in lost[0].reason and "a passing failure" in lost[0].reason
+    assert result.versions[-1].metrics["n2_applied"] == 1.0
