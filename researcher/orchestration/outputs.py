@@ -69,6 +69,7 @@ def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, 
         result["tasks"][record.name] = {
             "state": record.state.value,
             "inherited_from": record.inherited_from,
+            "step": "version" if record.kind == "async_training" else "round",
             "rounds": [per_round[number] for number in sorted(per_round)],
         }
     return result

@@ -21,6 +21,7 @@ from researcher.orchestration.task_specs import (
     SpecError,
 )
 from simulation.demo_plan import BreastCancerPlan
+from tests.researcher.cli.test_cli_jobs import Cli
 from tests.researcher.orchestration.test_scheduler import TRAINING_ARGS, network, scheduler_for
 
 pytestmark = pytest.mark.anyio
@@ -83,6 +84,8 @@ async def test_an_asynchronous_task_records_every_version_and_update(tmp_path: P
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert "accuracy" in rounds[-1]["metrics"] and rounds[-1]["nodes"]
     assert [row.round for row in result.rounds["train"]] == [1, 2, 3, 4]
+    shown = Cli(tmp_path / "researcher")("output", "metrics", record.job_id).stdout
+    assert "metrics by version" in shown and "accuracy" in shown
     assert set(result.models["train"]) == {"coef", "intercept"}
 
 
