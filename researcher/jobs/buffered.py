@@ -149,11 +149,6 @@ class BufferedExperiment:
         self._elapsed = elapsed
         self._started = 0.0
 
-    @property
-    def params(self) -> Params:
-        """The newest version's parameters."""
-        return self.server.params
-
     async def run(self, resume: Mapping[str, tuple[str, int]] | None = None) -> BufferedResult:
         """Train until a stop condition is met; return every version and update.
 
@@ -168,20 +163,25 @@ class BufferedExperiment:
             return self.result
         budget = self.stop.time_budget
         left = float("inf") if budget is None else budget - self._elapsed
-        with anyio.move_on_after(left) as scope:
-            async with anyio.create_task_group() as group:
-                for node, pending in _by_node(resume or {}).items():
-                    self.pool.join(node)
-                    group.start_soon(self._work, node, pending)
-                group.start_soon(self._watch_pool, group)
-                await self._done.wait()
-                group.cancel_scope.cancel()
-        if scope.cancelled_caught:
-            self.result.stopped_because = f"the time budget of {budget:g} s is spent"
-        await drain_answers(self.requests, self._cancelled, DRAIN_TIMEOUT)
-        for record in self._buffered.values():
-            self._settle(record, UpdateStatus.UNAPPLIED, "the job ended before its buffer filled")
-        self._buffered.clear()
+        try:
+            with anyio.move_on_after(left) as scope:
+                async with anyio.create_task_group() as group:
+                    for node, pending in _by_node(resume or {}).items():
+                        self.pool.join(node)
+                        group.start_soon(self._work, node, pending)
+                    group.start_soon(self._watch_pool, group)
+                    await self._done.wait()
+                    group.cancel_scope.cancel()
+            if scope.cancelled_caught:
+                self.result.stopped_because = f"the time budget of {budget:g} s is spent"
+        finally:  # also when the task running training is cancelled (stopped, timed out)
+            for record in self._buffered.values():
+                self._settle(
+                    record, UpdateStatus.UNAPPLIED, "training ended before the buffer filled"
+                )
+            self._buffered.clear()
+            with anyio.CancelScope(shield=True):
+                await drain_answers(self.requests, self._cancelled, DRAIN_TIMEOUT)
         self.result.params, self.result.version = self.server.params, self.server.version
         logger.info("asynchronous training %s ended at version %d: %s", self.experiment_id,
                     self.server.version, self.result.stopped_because)  # fmt: skip
@@ -265,7 +265,7 @@ class BufferedExperiment:
             return False
         record = _with(base, sample_size=reply.sample_size, metrics=dict(reply.metrics))
         if self._done.is_set():
-            self._settle(record, UpdateStatus.UNAPPLIED, "the job ended before its buffer filled")
+            self._settle(record, UpdateStatus.UNAPPLIED, "training ended before the buffer filled")
             return False
         arrival, published = self.server.receive(
             fed.request_id, node, version, reply.params, reply.sample_size, reply.metrics

@@ -220,3 +220,26 @@ async def test_a_failing_node_leaves_the_pool_and_rejoins_and_a_target_ends_trai
     assert [u.node_id for u in lost] == ["n2"]
     assert "n2" in lost[0].reason and "a passing failure" in lost[0].reason
     assert result.versions[-1].metrics["n2_applied"] == 1.0
+
+
+async def test_training_cancelled_from_outside_settles_every_request(tmp_path: Path) -> None:
+    nodes = ScriptedNodes()  # they never answer
+    async with scripted_network(tmp_path, nodes.handle) as requests:
+        experiment = BufferedExperiment(
+            requests, plan=LogisticRegressionPlan, datasets=dict.fromkeys(NODES, "d"),
+            model_args={"n_features": 2}, settings=FedBuffSettings(),
+            stop=StopWhen(max_versions=5, time_budget=60),
+        )  # fmt: skip
+        async with anyio.create_task_group() as group:
+            group.start_soon(experiment.run)
+            with anyio.fail_after(10):
+                while len(nodes.waiting) < len(NODES):
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()  # as a job stop or a task timeout does
+
+    updates = experiment.result.updates
+    assert sorted(u.node_id for u in updates) == NODES
+    assert {u.status for u in updates} == {UpdateStatus.CANCELLED}
+    # The nodes answered the cancels, and those answers were drained into the late log.
+    drained = {late.request_id for late in requests.late_replies}
+    assert {u.request_id for u in updates} <= drained
