@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 
 FAST, SLOW, LATE, DOOMED = "fast", "slow", "late", "doomed"
 NODES = [FAST, SLOW, LATE, DOOMED]
-DELAY = 0.4  # seconds each training takes on top of the plan; the slow node takes 5x
+DELAY = 1.0  # seconds each training takes on top of the plan's own time; 5x on the slow node
 VERSIONS = 14
 NO_APPROVAL = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"}
 
