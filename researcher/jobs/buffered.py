@@ -216,7 +216,7 @@ class BufferedExperiment:
                 if not await self._train_once(node, request_id, version):
                     return
         finally:
-            self.pool.leave(node)
+            self.pool.leave(node, failed=not self._done.is_set())
             status = UpdateStatus.CANCELLED if self._done.is_set() else UpdateStatus.LOST
             for request_id, version in resumed:
                 record = UpdateRecord(request_id, node, version, status)
@@ -264,6 +264,7 @@ class BufferedExperiment:
             self._settle(base, UpdateStatus.LOST, why)
             return False
         record = _with(base, sample_size=reply.sample_size, metrics=dict(reply.metrics))
+        self.pool.answered(node)
         if self._done.is_set():
             self._settle(record, UpdateStatus.UNAPPLIED, "training ended before the buffer filled")
             return False

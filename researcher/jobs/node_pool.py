@@ -3,7 +3,8 @@
 A node of the experiment joins when its heartbeats are on time; it leaves when its request
 times out, it disconnects or it answers an error, and it may rejoin only after a heartbeat
 newer than its departure and ``retry_delay`` seconds (so a node failing at once is not asked
-again and again in a tight loop).
+again and again in a tight loop). A node that failed ``max_failures`` times in a row (errors,
+timeouts, disconnections, with no update in between) does not rejoin.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ class NodePool:
         nodes: the nodes that may ever join.
         presence: the researcher's view of the nodes' heartbeats.
         retry_delay: seconds a node that left waits before it may rejoin.
+        max_failures: failures in a row after which a node is not taken back.
     """
 
-    def __init__(self, nodes: Iterable[str], presence: PresenceTable, retry_delay: float) -> None:
+    def __init__(
+        self, nodes: Iterable[str], presence: PresenceTable, retry_delay: float,
+        max_failures: int = 3,
+    ) -> None:  # fmt: skip
         self.nodes = list(nodes)
         self.presence = presence
         self.retry_delay = retry_delay
+        self.max_failures = max_failures
         self.members: set[str] = set()
+        self.failures: dict[str, int] = {}
+        """Each node's failures since its last update."""
         self._left_at: dict[str, float] = {}
         self._empty_since: float | None = None
 
@@ -36,10 +44,15 @@ class NodePool:
         """``node`` gets work from now on."""
         self.members.add(node)
 
-    def leave(self, node: str, now: float | None = None) -> None:
-        """``node`` has no request in flight any more."""
+    def leave(self, node: str, *, failed: bool, now: float | None = None) -> None:
+        """``node`` has no request in flight any more; ``failed`` when its last one failed."""
         self.members.discard(node)
         self._left_at[node] = time.monotonic() if now is None else now
+        self.failures[node] = self.failures.get(node, 0) + 1 if failed else 0
+
+    def answered(self, node: str) -> None:
+        """``node`` sent an update: its failures in a row start again from zero."""
+        self.failures[node] = 0
 
     def joiners(self, now: float) -> list[str]:
         """The online nodes outside the pool that may join it now, in the experiment's order."""
@@ -59,6 +72,8 @@ class NodePool:
         left = self._left_at.get(node)
         if left is None:
             return True
+        if self.failures.get(node, 0) >= self.max_failures:
+            return False
         seen = self.presence.get(node)
         return (
             seen is not None and seen.last_seen_monotonic > left and now - left >= self.retry_delay

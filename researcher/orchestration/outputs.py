@@ -110,6 +110,9 @@ def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any
                 for entry in store.node_results(owner, record.name)
             ],
         }
+        if record.kind == "async_training":  # each update: node, fate, staleness, times
+            attempt = store.task(owner, record.name).attempt
+            tasks[record.name]["updates"] = store.async_updates(owner, record.name, attempt)
     return {"job_id": job_id, "tasks": tasks}
 
 

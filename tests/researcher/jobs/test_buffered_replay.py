@@ -243,3 +243,25 @@ async def test_training_cancelled_from_outside_settles_every_request(tmp_path: P
     # The nodes answered the cancels, and those answers were drained into the late log.
     drained = {late.request_id for late in requests.late_replies}
     assert {u.request_id for u in updates} <= drained
+
+
+async def test_nodes_failing_again_and_again_are_left_out_and_training_ends(
+    tmp_path: Path,
+) -> None:
+    async def handle(request: TrainRequest, context: NodeContext) -> TrainReply:
+        raise HandlerError(ErrorCode.NODE_ERROR, "this node always fails")
+
+    async with scripted_network(tmp_path, handle) as requests:
+        experiment = BufferedExperiment(
+            requests, plan=LogisticRegressionPlan, datasets=dict.fromkeys(NODES, "d"),
+            model_args={"n_features": 2}, settings=FedBuffSettings(),
+            stop=StopWhen(max_versions=5, node_wait=0.5), retry_delay=0.05,
+        )  # fmt: skip
+        result = await experiment.run()
+
+    assert result.version == 0
+    assert result.stopped_because == "no node was available for 0.5 s"
+    lost = [u for u in result.updates if u.status is UpdateStatus.LOST]
+    assert len(lost) == len(result.updates) == 3 * len(NODES)
+    assert all("always fails" in u.reason and u.node_id in u.reason for u in lost)
+    assert experiment.pool.failures == dict.fromkeys(NODES, 3)

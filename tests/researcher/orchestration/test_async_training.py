@@ -68,6 +68,7 @@ async def test_an_asynchronous_task_records_every_version_and_update(tmp_path: P
             versions = store.versions(record.job_id, "train", train.attempt)
             updates = store.async_updates(record.job_id, "train", train.attempt)
             metrics = outputs.metrics(store, record.job_id, "train")
+            data = outputs.data(store, record.job_id, "train")["tasks"]["train"]
             result = JobResult.from_store(store, record.job_id)
 
     assert out["versions"] == 4 and out["stopped_because"] == "version 4 of 4 published"
@@ -79,7 +80,7 @@ async def test_an_asynchronous_task_records_every_version_and_update(tmp_path: P
     assert len(applied) == 8 == out["updates"]["applied"]
     assert sorted(row["applied_in"] for row in applied) == [1, 1, 2, 2, 3, 3, 4, 4]
     assert all(row["sample_size"] and row["staleness"] is not None for row in applied)
-    assert sum(out["updates"].values()) == len(updates)
+    assert sum(out["updates"].values()) == len(updates) == len(data["updates"])
     rounds = metrics["tasks"]["train"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert "accuracy" in rounds[-1]["metrics"] and rounds[-1]["nodes"]
