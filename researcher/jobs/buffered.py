@@ -82,8 +82,7 @@ class BufferedExperiment:
         on_update: called with each request's record once its fate is settled.
         on_version: called with each version's record, parameters and applied updates.
         on_send: called with each request id, node and base version before it is sent.
-        initial_version, history: continue from this version (its parameters are
-            ``initial_params``) and the parameters of earlier ones, to resume training.
+        initial_version, history: resume at this version (``initial_params``) and earlier ones.
         retry_delay: seconds a node that left the pool waits before it may rejoin.
         elapsed: seconds of training an earlier process spent (counts against the budget).
         secagg: refused with a ValueError (see the module's description).
@@ -159,7 +158,10 @@ class BufferedExperiment:
         """
         self._started = time.monotonic() - self._elapsed
         if (reached := self.stop.reached(self.server.version, {})) is not None:
-            self.result.stopped_because = reached
+            self.result.stopped_because = reached  # e.g. resumed after the last version
+            for request_id, (node, version) in (resume or {}).items():
+                self._settle(UpdateRecord(request_id, node, version, UpdateStatus.CANCELLED),
+                             UpdateStatus.CANCELLED, "training had ended")  # fmt: skip
             return self.result
         budget = self.stop.time_budget
         left = float("inf") if budget is None else budget - self._elapsed
