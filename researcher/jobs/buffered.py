@@ -323,14 +323,13 @@ DRAIN_TIMEOUT = 5.0
 
 
 async def drain_answers(requests: Requests, request_ids: set[str], timeout: float) -> None:
-    """Wait at most ``timeout`` seconds for the answers to each of ``request_ids`` (a CANCELLED
-    error, or a reply that crossed the cancel: to the late-reply log) and to its cancels, so
-    that none is left in the durable reply queue for a later process."""
+    """Wait at most ``timeout`` seconds for an answer (a CANCELLED error, or a reply that
+    crossed the cancel) to each of ``request_ids``, so that none is left in the durable reply
+    queue for a later process; they go to the late-reply log."""
     waiting = set(request_ids)
     with anyio.move_on_after(timeout):
         while waiting:
-            answered = {late.request_id for late in requests.late_replies}
-            waiting = {r for r in waiting if r not in answered or requests.cancels_unanswered(r)}
+            waiting -= {late.request_id for late in requests.late_replies}
             if waiting:
                 await anyio.sleep(0.05)
     if waiting:

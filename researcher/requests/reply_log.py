@@ -55,21 +55,19 @@ class ReplyLog:
         self._parked: dict[str, list[ParkedReply]] = {}
         self._parked_limit = parked_limit
         self._cancels: OrderedDict[str, str] = OrderedDict()  # cancel id -> its target
-        self._answered_cancels: set[str] = set()
 
     def expect_cancels(self, target: str, cancel_ids: Iterable[str]) -> None:
         """Cancels of ``target`` were sent: their answers are to be logged only."""
         for cancel_id in cancel_ids:
             self._cancels[cancel_id] = target
         while len(self._cancels) > self._ended_size:
-            self._answered_cancels.discard(self._cancels.popitem(last=False)[0])
+            self._cancels.popitem(last=False)
 
     def cancel_answered(self, request_id: str | None, node: str, message: Any) -> bool:
         """Log ``message`` if it answers a cancel sent without waiting; True when it does."""
         target = self._cancels.get(request_id or "")
         if target is None:
             return False
-        self._answered_cancels.add(request_id or "")
         if isinstance(message, ErrorMessage):
             logger.info("node %s refused the cancel of request %s: %s %s", node, target,
                         message.code.name, message.message)  # fmt: skip
@@ -78,11 +76,6 @@ class ReplyLog:
             logger.info("node %s: request %s cancelled=%s (it was %s)", node, target,
                         cancelled, state)  # fmt: skip
         return True
-
-    def cancels_unanswered(self, target: str) -> int:
-        """How many of the cancels of ``target`` have had no answer yet."""
-        answered = self._answered_cancels
-        return sum(t == target and c not in answered for c, t in self._cancels.items())
 
     def end(self, request_id: str) -> None:
         """Remember that ``request_id`` ended: its later replies are late."""

@@ -197,10 +197,6 @@ class Requests:
         self._replies.expect_cancels(request_id, sent.values())
         return list(sent)
 
-    def cancels_unanswered(self, request_id: str) -> int:
-        """How many cancels of ``request_id`` sent by :meth:`cancel` no node has answered yet."""
-        return self._replies.cancels_unanswered(request_id)
-
     def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
         """Replies to requests this process did not send, by request id, until a resumed
         request claims them."""

@@ -243,7 +243,6 @@ async def test_training_cancelled_from_outside_settles_every_request(tmp_path: P
     # The nodes answered the cancels, and those answers were drained into the late log.
     drained = {late.request_id for late in requests.late_replies}
     assert {u.request_id for u in updates} <= drained
-    assert all(requests.cancels_unanswered(u.request_id) == 0 for u in updates)
 
 
 async def test_nodes_failing_again_and_again_are_left_out_and_training_ends(
