@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format typecheck bench broker clean
+.PHONY: install demo test test-fast lint format typecheck bench bench-async broker clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP) broker ## Every benchmark, as ratios against a raw aio-pika baseline.
 	$(BIN)/python -m bench.run
+
+bench-async: $(STAMP) ## Wall-clock time to a target accuracy: asynchronous FedBuff vs synchronous FedAvg, one node 5x slower.
+	$(BIN)/python -m bench.bench_async
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,13 +19,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import Row, bench_codec, bench_network, bench_plan_runner, bench_security
+from bench import Row, bench_async, bench_codec, bench_network, bench_plan_runner, bench_security
 
 BENCHMARKS: list[Callable[[], list[Row]]] = [
     bench_codec.run,
     bench_network.run,
     bench_security.run,
     bench_plan_runner.run,
+    bench_async.run,
 ]
 """Every benchmark, in the order they run."""
 

@@ -184,6 +184,8 @@ class TrainRequest(RequestBase):
     answers an encrypted one with an encrypted one."""
     encrypt_params: bool = False
     """``params`` is encrypted for the node, which encrypts its reply's ``params`` too."""
+    model_version: int | None = Field(default=None, ge=0)
+    """Asynchronous training: the version of the global model ``params`` hold; echoed."""
 
 
 class TrainReply(ReplyBase):
@@ -202,6 +204,8 @@ class TrainReply(ReplyBase):
     optim_aux_var: dict[str, Any] | None = None
     encrypted: bool = False
     msg: str = ""
+    model_version: int | None = Field(default=None, ge=0)
+    """The request's ``model_version``: the version of the model this update trained from."""
 
 
 # --- secure aggregation ------------------------------------------------------------------------

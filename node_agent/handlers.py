@@ -317,6 +317,7 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
         timing=outcome.timing,
         metrics=outcome.metrics,
         state_id=request.state_id,
+        model_version=request.model_version,
         **payloads,
     )
 

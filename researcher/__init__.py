@@ -13,7 +13,10 @@ from researcher.errors import (
 from researcher.jobs.aggregation import fedavg, weighted_metrics
 from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
+from researcher.jobs.buffered import BufferedExperiment
+from researcher.jobs.buffered_records import StopWhen
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.jobs.fedbuff import FedBuffSettings
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError
@@ -36,6 +39,7 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.task_specs import (
     AnalyticsTask,
+    AsyncTrainingTask,
     PlanApprovalTask,
     PlanCheckTask,
     PreprocessingTask,
@@ -64,6 +68,8 @@ from researcher.settings import ResearcherSettings
 
 __all__ = [
     "AnalyticsTask",
+    "AsyncTrainingTask",
+    "BufferedExperiment",
     "DiscardOnStall",
     "DiscardOnTimeout",
     "Experiment",
@@ -73,6 +79,7 @@ __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
+    "FedBuffSettings",
     "FedJob",
     "FedProx",
     "FedYogi",
@@ -118,6 +125,7 @@ __all__ = [
     "StopOnError",
     "StopOnStall",
     "StopOnTimeout",
+    "StopWhen",
     "Strategy",
     "TrainingJob",
     "TrainingPlanApproveJob",

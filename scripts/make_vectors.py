@@ -449,6 +449,7 @@ def messages() -> list[Any]:
             training_args={"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "seed": 1},
             model_args={"n_features": 3},
             dataset_id=DATASET,
+            model_version=2,
         ),
         TrainReply(
             **reply_fields(5),
@@ -460,6 +461,7 @@ def messages() -> list[Any]:
             sample_size=100,
             timing={"training": 0.5, "evaluation": 0.125},
             metrics={"loss": 0.625},
+            model_version=2,
         ),
         TrainingPlanStatusRequest(
             request_id=request_id(6),

@@ -304,8 +304,8 @@ def output_metrics(
         for name, entry in value["tasks"].items():
             rounds = entry["rounds"]
             keys = sorted({k for r in rounds for k in r["metrics"]})
-            table = Table(title=f"task {name}: metrics by round (weighted by sample size)")
-            for column in ("round", *keys, "nodes", "failed"):
+            table = Table(title=f"task {name}: metrics by {entry['step']} (sample-weighted)")
+            for column in (entry["step"], *keys, "nodes", "failed"):
                 table.add_column(column)
             for r in rounds:
                 table.add_row(

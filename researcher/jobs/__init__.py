@@ -5,6 +5,9 @@
   :mod:`~researcher.jobs.plans`: the jobs;
 - :mod:`~researcher.jobs.experiment`: rounds of federated training, under a strategy
   (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`);
+- :mod:`~researcher.jobs.buffered`: asynchronous training (FedBuff,
+  :mod:`~researcher.jobs.fedbuff`), its records (:mod:`~researcher.jobs.buffered_records`)
+  and its pool of nodes (:mod:`~researcher.jobs.node_pool`);
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
@@ -14,8 +17,28 @@
 from researcher.jobs.aggregation import fedavg, weighted_metrics
 from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
+from researcher.jobs.buffered import BufferedExperiment
+from researcher.jobs.buffered_records import (
+    SECAGG_REFUSED,
+    BufferedResult,
+    StopWhen,
+    UpdateRecord,
+    UpdateStatus,
+    VersionRecord,
+)
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
+from researcher.jobs.fedbuff import (
+    STALENESS_WEIGHTS,
+    Arrival,
+    BufferedUpdate,
+    FedBuffServer,
+    FedBuffSettings,
+    PublishedVersion,
+    buffer_metrics,
+    staleness_weight,
+)
 from researcher.jobs.masked import masked_update, unflatten
+from researcher.jobs.node_pool import NodePool
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
@@ -36,6 +59,12 @@ from researcher.jobs.strategies import (
 from researcher.jobs.training import TrainingJob, TrainingResult
 
 __all__ = [
+    "SECAGG_REFUSED",
+    "STALENESS_WEIGHTS",
+    "Arrival",
+    "BufferedExperiment",
+    "BufferedResult",
+    "BufferedUpdate",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
@@ -43,23 +72,32 @@ __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
+    "FedBuffServer",
+    "FedBuffSettings",
     "FedProx",
     "FedYogi",
     "Job",
+    "NodePool",
     "NodeUpdate",
     "PreprocRequestJob",
     "PreprocResult",
+    "PublishedVersion",
     "RoundRecord",
     "Sampling",
     "SamplingError",
     "Scaffold",
     "SecureAggregation",
+    "StopWhen",
     "Strategy",
     "TrainingJob",
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",
     "TrainingResult",
+    "UpdateRecord",
+    "UpdateStatus",
+    "VersionRecord",
     "availability",
+    "buffer_metrics",
     "combine_quantiles",
     "combine_statistics",
     "default_threshold",
@@ -68,6 +106,7 @@ __all__ = [
     "masked_update",
     "open_reply",
     "seal_request",
+    "staleness_weight",
     "unflatten",
     "weighted_metrics",
 ]

@@ -11,6 +11,8 @@
 - :mod:`~researcher.orchestration.outputs`: a job's outputs as plain data.
 """
 
+from researcher.orchestration.async_spec import FedBuffSpec
+from researcher.orchestration.async_training import run_async_training
 from researcher.orchestration.dag import fill_inputs
 from researcher.orchestration.fedjob import DEMO_DATASET_TAG, FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError, check_transition
@@ -29,6 +31,7 @@ from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.task_specs import (
     ALL_NODES,
     AnalyticsTask,
+    AsyncTrainingTask,
     OutputRef,
     PlanApprovalTask,
     PlanCheckTask,
@@ -44,7 +47,9 @@ __all__ = [
     "DEMO_DATASET_TAG",
     "AnalyticsTask",
     "Approver",
+    "AsyncTrainingTask",
     "DatasetSelector",
+    "FedBuffSpec",
     "FedJob",
     "Inheritance",
     "JobConf",
@@ -70,6 +75,7 @@ __all__ = [
     "cancel_unfinished",
     "check_transition",
     "fill_inputs",
+    "run_async_training",
     "run_task",
     "stop_job",
 ]

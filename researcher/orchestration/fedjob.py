@@ -90,7 +90,7 @@ class JobResult:
             if task.state is not State.SUCCESS:
                 continue
             outputs[task.name] = task.outputs or {}
-            if task.kind == "training":
+            if task.kind in ("training", "async_training"):  # versions are stored as rounds
                 owner = task.inherited_from or job_id
                 rounds[task.name] = store.rounds(owner, task.name)
                 model = (task.outputs or {}).get("model")

@@ -19,6 +19,9 @@ from typing import Any
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import TaskRecord
 
+_TRAINING_KINDS = ("training", "async_training")
+"""Task kinds with rounds and models; an asynchronous task's model versions are its rounds."""
+
 
 class OutputError(ValueError):
     """Raised when a job has no such output (no such task, no training task, no model)."""
@@ -61,12 +64,30 @@ def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, 
                     for key in ("status", "reason", "metrics", "sample_size", "round_trip",
                                 "processing", "queue_and_transit")
                 }  # fmt: skip
+        if record.kind == "async_training":
+            _version_nodes(store, owner, record.name, per_round)
         result["tasks"][record.name] = {
             "state": record.state.value,
             "inherited_from": record.inherited_from,
+            "step": "version" if record.kind == "async_training" else "round",
             "rounds": [per_round[number] for number in sorted(per_round)],
         }
     return result
+
+
+def _version_nodes(
+    store: JobStore, owner: str, task: str, per_round: dict[int, dict[str, Any]]
+) -> None:
+    """An asynchronous task's versions: the nodes whose updates each applied, and how stale."""
+    attempt = store.task(owner, task).attempt
+    for version in store.versions(owner, task, attempt):
+        entry = per_round.get(version["version"])
+        if entry is None:
+            continue
+        entry["staleness"] = version["staleness"]
+        for node, staleness in zip(version["nodes"], version["staleness"], strict=True):
+            applied = entry["nodes"].setdefault(node, {"status": "APPLIED", "staleness": []})
+            applied["staleness"].append(staleness)
 
 
 def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any]:
@@ -89,6 +110,9 @@ def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any
                 for entry in store.node_results(owner, record.name)
             ],
         }
+        if record.kind == "async_training":  # each update: node, fate, staleness, times
+            attempt = store.task(owner, record.name).attempt
+            tasks[record.name]["updates"] = store.async_updates(owner, record.name, attempt)
     return {"job_id": job_id, "tasks": tasks}
 
 
@@ -176,12 +200,12 @@ def plot_metrics(store: JobStore, job_id: str, path: Path, task: str | None = No
 def _training_tasks(store: JobStore, job_id: str, task: str | None) -> list[TaskRecord]:
     if task is not None:
         record = store.task(job_id, task)
-        if record.kind != "training":
+        if record.kind not in _TRAINING_KINDS:
             raise OutputError(
                 f"task {task} is a {record.kind} task: its results are in `researcher output data`"
             )
         return [record]
-    return [record for record in store.tasks(job_id) if record.kind == "training"]
+    return [record for record in store.tasks(job_id) if record.kind in _TRAINING_KINDS]
 
 
 def _one_training_task(store: JobStore, job_id: str, task: str | None) -> TaskRecord:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from broker_net.codes import PreprocStep, PreprocType
 from broker_net.crypto.secagg import MAX_PRECISION_BITS
 from broker_net.topology import check_id
+from researcher.jobs.buffered_records import SECAGG_REFUSED
+from researcher.orchestration.async_spec import FedBuffSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -360,8 +362,43 @@ class TrainingTask(_Task):
     output_keys: ClassVar[frozenset[str]] = frozenset({"rounds", "metrics", "model", "parameters"})
 
 
+class AsyncTrainingTask(_Task):
+    """Asynchronous training (FedBuff, :mod:`researcher.jobs.buffered`): one request in flight
+    per online node, a new model version every ``fedbuff.buffer_size`` updates; secure
+    aggregation is refused.
+
+    Outputs: ``versions`` (the last version), ``metrics`` (its metrics), ``model``,
+    ``parameters`` (as a training task's), ``updates`` (how many updates were applied, stale,
+    lost, cancelled or unapplied) and ``stopped_because``.
+    """
+
+    kind: Literal["async_training"] = "async_training"
+    plan: str
+    training_args: dict[str, Any] = Field(default_factory=dict)
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    state_ids: dict[str, str | None] = Field(default_factory=dict)
+    fedbuff: FedBuffSpec = Field(default_factory=FedBuffSpec)
+    secagg: bool | SecaggSpec = Field(default=False, description="Refused: " + SECAGG_REFUSED)
+
+    @model_validator(mode="after")
+    def _no_secagg(self) -> Self:
+        if secagg_settings(self.secagg) is not None:
+            raise ValueError(f"task {self.name!r}: {SECAGG_REFUSED}")
+        return self
+
+    input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
+    output_keys: ClassVar[frozenset[str]] = frozenset(
+        {"versions", "metrics", "model", "parameters", "updates", "stopped_because"}
+    )
+
+
 TaskSpec: TypeAlias = Annotated[
-    AnalyticsTask | PreprocessingTask | PlanApprovalTask | PlanCheckTask | TrainingTask,
+    AnalyticsTask
+    | PreprocessingTask
+    | PlanApprovalTask
+    | PlanCheckTask
+    | TrainingTask
+    | AsyncTrainingTask,
     Field(discriminator="kind"),
 ]
 """Any task, told apart by its ``kind``."""

@@ -32,11 +32,13 @@ from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.strategies import make_strategy
+from researcher.orchestration.async_training import run_async_training
 from researcher.orchestration.spec import JobSpec, PlanSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
 from researcher.orchestration.task_specs import (
     AnalyticsTask,
+    AsyncTrainingTask,
     PlanApprovalTask,
     PlanCheckTask,
     PreprocessingTask,
@@ -174,6 +176,8 @@ async def run_task(ctx: TaskContext) -> dict[str, Any]:
             return await _plan_approval(ctx, task)
         if isinstance(task, PlanCheckTask):
             return await _plan_check(ctx, task)
+        if isinstance(task, AsyncTrainingTask):
+            return await run_async_training(ctx, task, load_plan_class(ctx.spec.plans[task.plan]))
         return await _training(ctx, task)
     except RequestError as exc:
         raise TaskError(str(exc)) from exc

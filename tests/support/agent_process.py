@@ -1,9 +1,10 @@
 """A real NodeAgent process whose ping handler can be made slow or failing, for tests.
 
     python -m tests.support.agent_process --node-id n1 --namespace ns --amqp-url URL \
-        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE]
+        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE] [--train-delay 2]
 
-Every other request type uses the agent's real handlers.
+``--train-delay`` makes the node train that many seconds slower (a slow machine). Every
+other request type uses the agent's real handlers.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import anyio
 from broker_net.amqp import AmqpTransport
 from broker_net.codes import ErrorCode
 from broker_net.logs import configure_logging
-from broker_net.messages import PingReply, PingRequest
+from broker_net.messages import PingReply, PingRequest, TrainReply, TrainRequest
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
-from node_agent.handlers import HANDLERS
+from node_agent.handlers import HANDLERS, Handler
+from node_agent.handlers import handle_train as handle_real_train
 from node_agent.settings import NodeSettings
 
 
@@ -42,6 +44,14 @@ def _ping_handler(delay: float, fail: bool, runs_file: Path | None):
     return handle_ping
 
 
+def _slow_training(delay: float) -> Handler:
+    async def handle_train(request: TrainRequest, context: NodeContext) -> TrainReply:
+        await anyio.sleep(delay)
+        return await handle_real_train(request, context)
+
+    return handle_train
+
+
 async def _main(args: argparse.Namespace) -> None:
     settings = NodeSettings(
         node_id=args.node_id,
@@ -53,6 +63,8 @@ async def _main(args: argparse.Namespace) -> None:
     )
     handlers = dict(HANDLERS)
     handlers["ping_request"] = _ping_handler(args.delay, args.fail, args.runs_file)
+    if args.train_delay:
+        handlers["train_request"] = _slow_training(args.train_delay)
     async with (
         AmqpTransport(settings.amqp_url, connection_name=f"node:{args.node_id}") as transport,
         NodeAgent(settings, transport, handlers=handlers, shutdown_grace=1) as agent,
@@ -81,6 +93,7 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--runs-file", type=Path)
+    parser.add_argument("--train-delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=0.5)
     parser.add_argument("--security", action="store_true", help="authenticate messages")
     configure_logging("WARNING")
