@@ -56,10 +56,11 @@ if [ -z "${COMPOSE:-}" ]; then
 fi
 export COMPOSE
 
-wait_for_docker() {  # wait_for_docker SECONDS
+wait_for_docker() {  # wait_for_docker SECONDS [PID]: docker answers (and dockerd PID lives)
   local deadline=$(($(date +%s) + $1))
   until docker info > /dev/null 2>&1; do
     [ "$(date +%s)" -lt "$deadline" ] || return 1
+    [ -z "${2:-}" ] || kill -0 "$2" 2> /dev/null || return 1
     sleep 1
   done
 }
@@ -72,9 +73,10 @@ if ! docker info > /dev/null 2>&1; then
   for driver in overlay2 fuse-overlayfs vfs; do
     [ "$driver" != fuse-overlayfs ] || command -v fuse-overlayfs > /dev/null || continue
     say "starting dockerd (storage driver $driver), log in $DOCKERD_LOG"
-    nohup dockerd --storage-driver="$driver" >> "$DOCKERD_LOG" 2>&1 &
+    # A session of its own: Ctrl-C on this script does not reach the daemon it leaves running.
+    setsid dockerd --storage-driver="$driver" >> "$DOCKERD_LOG" 2>&1 < /dev/null &
     dockerd_pid=$!
-    if wait_for_docker 60; then break; fi
+    if wait_for_docker 60 "$dockerd_pid"; then break; fi
     kill "$dockerd_pid" 2> /dev/null || true
     wait "$dockerd_pid" 2> /dev/null || true
   done
@@ -152,9 +154,14 @@ export RABBITMQ_AMQP_PORT RABBITMQ_MANAGEMENT_PORT
 export COMPOSE_PROOF_ROUNDS="${COMPOSE_PROOF_ROUNDS:-20}"
 export COMPOSE_PROJECT_NAME="$PROJECT"
 
+checker=""
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
+  if [ -n "$checker" ] && kill -0 "$checker" 2> /dev/null; then
+    kill "$checker" 2> /dev/null || true
+    wait "$checker" 2> /dev/null || true
+  fi
   if [ "${COMPOSE_PROOF_KEEP:-0}" = 1 ]; then
     say "COMPOSE_PROOF_KEEP=1: the stack stays up ($COMPOSE -p $PROJECT -f docker-compose.yml -f $OVERRIDE down -v removes it)"
   else
@@ -184,4 +191,11 @@ timeout 900 "${compose_argv[@]}" build > /tmp/broker-net-proof-build.log 2>&1 \
   || { tail -n 30 /tmp/broker-net-proof-build.log >&2; fail "the image build failed (log above)"; }
 
 say "starting (broker on 127.0.0.1:$RABBITMQ_AMQP_PORT, management API on 127.0.0.1:$RABBITMQ_MANAGEMENT_PORT; $(elapsed) so far)"
-timeout 1200 "$PYTHON" scripts/compose_proof.py --project "$PROJECT" --override "$OVERRIDE"
+# In the background, so that a signal to this script runs the cleanup at once.
+timeout 1200 "$PYTHON" scripts/compose_proof.py --project "$PROJECT" --override "$OVERRIDE" &
+checker=$!
+code=0
+wait "$checker" || code=$?
+checker=""
+[ "$code" != 124 ] || fail "the checks took more than 20 minutes"
+exit "$code"

@@ -276,6 +276,9 @@ def main() -> int:
         _tail_logs(proof)
         print(f"compose-proof: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("compose-proof: interrupted", file=sys.stderr)
+        return 130
     proof.step(f"passed: {_accuracy(output)}")
     return 0
 
