@@ -6,7 +6,16 @@
 #
 # Configured only by BROKER_NET_NODE_* / BROKER_NET_RESEARCHER_* variables at run time: no
 # secret is baked in. docker-compose.yml runs three nodes and the demo researcher from it.
-FROM python:3.11-slim
+#
+# Build arguments, for a machine that reaches no image registry or no package index (what
+# `make compose-proof` does; docs/operations.md, "Proving the compose stack"):
+#   BASE_IMAGE   the image to start from: python 3.11 or later with pip, and `python`, `pip`
+#                and `sh` on PATH (scripts/build-base-images.sh builds one from Debian packages)
+#   WHEELHOUSE   a folder of the build context holding every dependency as a wheel (and
+#                setuptools and wheel, to build the project): pip then installs from it only,
+#                without the network. Empty (the default): from the package index.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,9 +25,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 
 # The dependencies, read from pyproject.toml, in a layer of their own so that a code change
-# does not reinstall them.
+# does not reinstall them. With WHEELHOUSE the wheels are copied in (they stay in the image as that one layer) and pip
+# reads them only; without it, the COPY below copies pyproject.toml again, harmlessly.
+ARG WHEELHOUSE=
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+COPY ${WHEELHOUSE:-pyproject.toml} /tmp/wheelhouse/
+RUN if [ -n "$WHEELHOUSE" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheelhouse; fi \
+    && python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -27,7 +40,8 @@ COPY node_agent ./node_agent
 COPY researcher ./researcher
 COPY simulation ./simulation
 COPY training_plans ./training_plans
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+RUN if [ -n "$WHEELHOUSE" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheelhouse; fi \
+    && pip install --no-deps . && rm -rf build ./*.egg-info /tmp/wheelhouse
 
 # A user of its own; the folders compose mounts volumes on belong to it, so that new volumes
 # do too: /data (a node's datasets, plans, keys and state), /nodes (node folders the demo

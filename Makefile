@@ -53,13 +53,16 @@ bench-async: $(STAMP) ## Wall-clock time to a target accuracy: asynchronous FedB
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: compose-env compose-check
+.PHONY: compose-env compose-check compose-proof
 
 compose-env: ## Write .env for docker-compose with fresh random passwords (never overwrites one).
 	@bash scripts/compose-env.sh
 
 compose-check: $(STAMP) broker ## The deployment tests: compose file, definitions, status, the compose services run locally.
 	$(BIN)/pytest tests/deploy
+
+compose-proof: $(STAMP) ## docker-compose.yml built and run in containers, a node killed mid-run (root; not part of `make test`).
+	@bash scripts/compose-proof.sh
 
 .PHONY: soak
 

@@ -218,7 +218,10 @@ def test_the_image_runs_as_a_user_and_starts_a_node_agent() -> None:
     ]
     keywords = [keyword for keyword, _ in instructions]
     arguments = dict(reversed(instructions))  # the first of each keyword
-    assert arguments["FROM"] == "python:3.11-slim"
+    # The base image is a build argument whose default is the official slim Python image.
+    assert keywords[:2] == ["ARG", "FROM"]
+    assert arguments["ARG"] == "BASE_IMAGE=python:3.11-slim"
+    assert arguments["FROM"] == "${BASE_IMAGE}"
     last = {keyword: rest for keyword, rest in instructions}
     assert last["USER"] not in ("root", "0")
     assert keywords.index("USER") < keywords.index("CMD")
