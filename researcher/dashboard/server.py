@@ -1,0 +1,63 @@
+"""Serving the dashboard: its socket, uvicorn, and the watch on the broker beside it."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import anyio
+import uvicorn
+
+from researcher.dashboard.app import Dashboard
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Hosts that keep the dashboard on this machine."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: any free port).
+
+    Raises:
+        OSError: the address cannot be used (the port is taken, the host is not this
+            machine's, ...).
+    """
+    family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket, token: str) -> str:
+    """The URL to open: the socket's address with the token."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/?token={token}"
+
+
+async def serve(dashboard: Dashboard, sock: socket.socket) -> None:
+    """Serve ``dashboard`` on ``sock`` while its watch runs, until cancelled or interrupted."""
+    config = uvicorn.Config(
+        dashboard.app(), log_config=None, access_log=False, ws="none", http="h11",
+        lifespan="off", server_header=False, timeout_graceful_shutdown=1,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as group:
+        group.start_soon(dashboard.watch.run)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            group.cancel_scope.cancel()
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
