@@ -1,9 +1,10 @@
 """A real NodeAgent process whose ping handler can be made slow or failing, for tests.
 
     python -m tests.support.agent_process --node-id n1 --namespace ns --amqp-url URL \
-        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE]
+        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE] [--train-delay 1]
 
-Every other request type uses the agent's real handlers.
+Every other request type uses the agent's real handlers (training after ``--train-delay``
+seconds, so that a test can watch rounds go by).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -20,7 +22,7 @@ from broker_net.logs import configure_logging
 from broker_net.messages import PingReply, PingRequest
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
-from node_agent.handlers import HANDLERS
+from node_agent.handlers import HANDLERS, Handler
 from node_agent.settings import NodeSettings
 
 
@@ -42,6 +44,16 @@ def _ping_handler(delay: float, fail: bool, runs_file: Path | None):
     return handle_ping
 
 
+def _slow_training(delay: float) -> Handler:
+    train = HANDLERS["train_request"]
+
+    async def handle_train(request: Any, context: NodeContext) -> Any:
+        await anyio.sleep(delay)
+        return await train(request, context)
+
+    return handle_train
+
+
 async def _main(args: argparse.Namespace) -> None:
     settings = NodeSettings(
         node_id=args.node_id,
@@ -53,6 +65,8 @@ async def _main(args: argparse.Namespace) -> None:
     )
     handlers = dict(HANDLERS)
     handlers["ping_request"] = _ping_handler(args.delay, args.fail, args.runs_file)
+    if args.train_delay:
+        handlers["train_request"] = _slow_training(args.train_delay)
     async with (
         AmqpTransport(settings.amqp_url, connection_name=f"node:{args.node_id}") as transport,
         NodeAgent(settings, transport, handlers=handlers, shutdown_grace=1) as agent,
@@ -82,6 +96,7 @@ if __name__ == "__main__":
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--runs-file", type=Path)
     parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--train-delay", type=float, default=0.0, help="seconds before training")
     parser.add_argument("--security", action="store_true", help="authenticate messages")
     configure_logging("WARNING")
     anyio.run(_main, parser.parse_args())
