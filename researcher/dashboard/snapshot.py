@@ -8,6 +8,8 @@ open, so the queries stay small: the newest jobs, and one job in detail.
 from __future__ import annotations
 
 import threading
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,12 @@ from typing import Any
 from researcher.dashboard.watch import NodeRow, QueueRow, SourceStatus
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
-from researcher.orchestration.store.records import JobNotFoundError, JobRecord, TaskRecord
+from researcher.orchestration.store.records import (
+    JobNotFoundError,
+    JobRecord,
+    ProgressRecord,
+    TaskRecord,
+)
 from researcher.orchestration.task_specs import TrainingTask
 
 JOBS_SHOWN = 50
@@ -24,6 +31,12 @@ JOBS_SHOWN = 50
 
 ROUNDS_SHOWN = 200
 """The last rounds of a training task charted (its table shows fewer)."""
+
+LIVE_ROUNDS = 3
+"""The last rounds whose progress reports the live charts show."""
+
+PROGRESS_KEPT = 3000
+"""Progress reports kept in memory for the job shown (the newest)."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +145,15 @@ def pick_job(jobs: list[JobRow], wanted: str | None) -> str | None:
     return next(iter(running or ids), None)
 
 
-def read_job(store: JobStore, job_id: str, *, now: datetime | None = None) -> JobDetail:
-    """One job in detail.
+def read_job(
+    store: JobStore,
+    job_id: str,
+    *,
+    progress: Sequence[ProgressRecord] = (),
+    now: datetime | None = None,
+) -> JobDetail:
+    """One job in detail; ``progress`` is what its nodes reported while training (the
+    newest, oldest first).
 
     Raises:
         JobNotFoundError: there is no such job.
@@ -160,7 +180,7 @@ def read_job(store: JobStore, job_id: str, *, now: datetime | None = None) -> Jo
     for record in records:
         spec = specs.get(record.name)
         if isinstance(spec, TrainingTask) and record.inherited_from is None:
-            training.append(_training(store, job_id, record, spec.rounds, now))
+            training.append(_training(store, job_id, record, spec.rounds, progress, now))
     return JobDetail(job=_job_row(job), tasks=tasks, training=training)
 
 
@@ -173,8 +193,9 @@ def _job_row(job: JobRecord) -> JobRow:
 
 
 def _training(
-    store: JobStore, job_id: str, task: TaskRecord, total: int, now: datetime
-) -> TrainingView:
+    store: JobStore, job_id: str, task: TaskRecord, total: int,
+    progress: Sequence[ProgressRecord], now: datetime,
+) -> TrainingView:  # fmt: skip
     rounds = store.rounds(job_id, task.name, task.attempt)[-ROUNDS_SHOWN:]
     by_round: dict[int, list[NodeRound]] = {}
     for entry in store.node_results(job_id, task.name):
@@ -197,7 +218,7 @@ def _training(
             views.append(current)
     return TrainingView(
         task=task.name, state=task.state.value, done=done, total=total, rounds=views,
-        progress=_progress(store, job_id, task),
+        progress=_live(task, progress),
     )  # fmt: skip
 
 
@@ -226,9 +247,24 @@ def _round_in_flight(
     return RoundView(number=number, in_progress=True, metrics={}, duration=None, nodes=nodes)
 
 
-def _progress(store: JobStore, job_id: str, task: TaskRecord) -> list[ProgressPoint]:
-    """What the nodes reported while training (none until nodes report progress)."""
-    return []
+def _live(task: TaskRecord, progress: Sequence[ProgressRecord]) -> list[ProgressPoint]:
+    """What the nodes reported during the task's current attempt, in its last
+    :data:`LIVE_ROUNDS` rounds."""
+    started = datetime.fromisoformat(task.started_at) if task.started_at else None
+    mine = [
+        p for p in progress
+        if p.task == task.name and (started is None or _aware(p.at) >= started)
+    ]  # fmt: skip
+    rounds = sorted({p.round for p in mine})[-LIVE_ROUNDS:]
+    return [
+        ProgressPoint(node_id=p.node_id, round=p.round, at=p.at.isoformat(), values=p.values)
+        for p in mine
+        if p.round in rounds
+    ]
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -250,6 +286,7 @@ class StoreReader:
         self.path = data_dir / "jobs.sqlite"
         self._store: JobStore | None = None
         self._lock = threading.Lock()
+        self._progress: dict[str, deque[ProgressRecord]] = {}
 
     def read(self, wanted: str | None = None) -> StoreView:
         """The newest jobs and ``wanted`` (or the job :func:`pick_job` picks) in detail."""
@@ -261,10 +298,23 @@ class StoreReader:
         detail = None
         if chosen is not None:
             try:
-                detail = read_job(store, chosen)
+                detail = read_job(store, chosen, progress=self._new_progress(store, chosen))
             except JobNotFoundError:
                 detail = None
         return StoreView(f"{len(jobs)} job(s) in {self.path}", jobs, detail)
+
+    def _new_progress(self, store: JobStore, job_id: str) -> list[ProgressRecord]:
+        """The job's newest progress reports: those kept, and any stored since."""
+        with self._lock:
+            if job_id not in self._progress and len(self._progress) >= 8:
+                self._progress.clear()
+            kept = self._progress.setdefault(job_id, deque(maxlen=PROGRESS_KEPT))
+            for _ in range(PROGRESS_KEPT // 1000 + 1):
+                batch = store.progress(job_id, after=kept[-1].id if kept else 0, limit=1000)
+                kept.extend(batch)
+                if len(batch) < 1000:
+                    break
+            return list(kept)
 
     def close(self) -> None:
         """Close the store if it was opened."""

@@ -16,11 +16,19 @@ from researcher.dashboard.app import SECURITY_HEADERS, Dashboard
 from researcher.dashboard.charts import Series, line_chart
 from researcher.dashboard.dag_view import dag_svg
 from researcher.dashboard.page import page_html, sections
-from researcher.dashboard.snapshot import StoreReader, pick_job, read_job, read_jobs
+from researcher.dashboard.snapshot import (
+    JobDetail,
+    Snapshot,
+    StoreReader,
+    StoreView,
+    pick_job,
+    read_job,
+    read_jobs,
+)
 from researcher.dashboard.watch import BrokerWatch
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
-from researcher.orchestration.store.records import NodeResult, RoundRow
+from researcher.orchestration.store.records import NodeResult, ProgressRecord, RoundRow
 from researcher.settings import ResearcherSettings
 from tests.researcher.orchestration.test_scheduler import network, scheduler_for, training_job
 from tests.support.processes import ROOT
@@ -141,6 +149,46 @@ async def test_a_job_run_over_the_network_reads_back_whole(tmp_path: Path) -> No
         assert {n.node_id: n.status for n in r.nodes} == {"n1": "SUCCESS", "n2": "SUCCESS"}
         assert all(n.round_trip is not None and n.metrics for n in r.nodes)
         assert "accuracy" in r.metrics
+
+
+@pytest.mark.anyio
+async def test_progress_reports_make_the_live_charts_and_only_new_ones_are_read(
+    tmp_path: Path,
+) -> None:
+    with JobStore(tmp_path) as store:
+        job_id = running_job(store)
+        now = datetime.now(UTC)
+
+        def report(node: str, round_number: int, seconds: float, loss: float) -> None:
+            record = ProgressRecord(
+                id=0, job_id=job_id, task="train", round=round_number, node_id=node,
+                request_id="r2", at=now + timedelta(seconds=seconds),
+                values={"iteration": seconds, "loss": loss},
+            )  # fmt: skip
+            store.add_progress(job_id, "train", record)
+
+        report("n1", 2, 0.0, 0.9)
+        report("n2", 2, 0.5, 0.8)
+        reader = StoreReader(tmp_path)
+        first = reader.read(job_id).job
+        report("n1", 2, 1.0, 0.7)
+        second = reader.read(job_id).job
+        reader.close()
+
+    assert first is not None and second is not None
+    assert [p.values["loss"] for p in first.training[0].progress] == [0.9, 0.8]
+    assert [p.values["loss"] for p in second.training[0].progress] == [0.9, 0.8, 0.7]
+    html = sections_of(second)["job"]
+    assert 'data-chart="live loss" data-points="3"' in html
+    assert 'data-chart="live iteration" data-points="3"' in html
+
+
+def sections_of(detail: JobDetail) -> dict[str, str]:
+    """The page's sections for a snapshot holding ``detail`` alone."""
+    store = StoreView("test", [detail.job], detail)
+    snapshot = Snapshot("2026-01-01T00:00:00+00:00", "ns", "http://127.0.0.1:15672", store,
+                        [], [], [])  # fmt: skip
+    return sections(snapshot, TOKEN)
 
 
 def test_charts_escape_skip_what_is_not_a_number_and_say_when_empty() -> None:
