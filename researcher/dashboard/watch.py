@@ -30,8 +30,9 @@ from researcher.settings import ResearcherSettings
 logger = logging.getLogger(__name__)
 
 LISTENER_SUFFIX = "-dashboard"
-"""The dashboard hears heartbeats as ``<researcher id>-dashboard-<random>``: a presence queue
-of its own (auto-deleted), so it takes no heartbeat from a running job."""
+"""The dashboard hears heartbeats as ``<researcher id>-dashboard-<8 hex digits>``: a presence
+queue of its own (auto-deleted), so it takes no heartbeat from a running job; a provisioned
+researcher user may declare it (:data:`broker_net.admin.provisioning.DASHBOARD_PRESENCE`)."""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from broker_net.messages import PingRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings
+from researcher.dashboard.watch import BrokerWatch
 from researcher.requests.policies import DiscardOnTimeout, RequestStatus
 from researcher.requests.router import Requests
+from researcher.settings import ResearcherSettings
 from tests.conftest import AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
@@ -149,3 +152,14 @@ async def test_a_researcher_cannot_reach_a_researcher_whose_id_it_prefixes() -> 
 def test_a_researcher_id_cannot_take_another_researchers_helper_id() -> None:
     with pytest.raises(ValueError, match="reserved"):
         researcher_permissions(Topology(), "alice-status")
+
+
+def test_a_researcher_may_listen_on_its_dashboards_presence_queues_only() -> None:
+    allowed = researcher_permissions(Topology("ns"), "alice")
+    listener = BrokerWatch(ResearcherSettings(researcher_id="alice", namespace="ns")).listener_id
+    queue = Topology("ns").presence_queue(listener).name
+    for pattern in (allowed.configure, allowed.write, allowed.read):
+        assert re.search(pattern, queue)
+        assert not re.search(pattern, queue.replace("alice", "alice-2"))
+        assert not re.search(pattern, queue.replace(".presence", ".replies"))
+        assert not re.search(pattern, "ns.researcher.alice-dashboard-nothex!.presence")
