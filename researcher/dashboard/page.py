@@ -251,7 +251,7 @@ def _nodes(snapshot: Snapshot) -> str:
     queue_table = (
         f'<h3>Queues <span class="muted small">{escape(prefix)}…</span></h3>'
         "<table><thead><tr><th>queue</th><th>ready</th><th>unacked</th>"
-        "<th>consumers</th><th>in/s</th><th>out/s</th></tr></thead>"
+        '<th title="consumers">cons.</th><th>in/s</th><th>out/s</th></tr></thead>'
         f"<tbody>{queues}</tbody></table>"
         if snapshot.queues
         else '<p class="muted">No queue figures (the management API has not answered).</p>'

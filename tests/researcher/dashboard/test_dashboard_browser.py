@@ -200,8 +200,9 @@ def test_a_running_job_its_rounds_a_chart_and_a_killed_node(federation: Federati
             wait_for(driver, f"{node} is up", lambda d, node=node: attribute(
                 d, f'tr[data-node="{node}"]', "data-state") == "up")  # fmt: skip
         if target := os.environ.get("BROKER_NET_DASHBOARD_SCREENSHOT"):
-            driver.set_window_size(1400, 1350)
-            wait_for(driver, "another round", lambda d: number(d, counter, "data-round") > 3)
+            wait_for(driver, "more rounds", lambda d: number(d, counter, "data-round") >= 6)
+            height = driver.execute_script("return document.documentElement.scrollHeight;")
+            driver.set_window_size(1400, int(height) + 140)
             driver.save_screenshot(target)
 
         federation.agents.kill("hospital-c")
