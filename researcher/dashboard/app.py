@@ -94,7 +94,16 @@ class Dashboard:
         self.watch = watch
         self.token = token
         self.interval = interval
+        self.closing = False
+        """Set to end every event stream by its next update (safe from a signal handler)."""
+        self._closed: anyio.Event | None = None
         self._cache: dict[str | None, tuple[float, Snapshot]] = {}
+
+    def close(self) -> None:
+        """End every event stream now, so that the server can stop without cutting one off."""
+        self.closing = True
+        if self._closed is not None:
+            self._closed.set()
 
     async def snapshot(self, job_id: str | None) -> Snapshot:
         """The current snapshot; pages open at once share one taken less than half an
@@ -155,8 +164,11 @@ class Dashboard:
         """The sections that changed since the last event, every interval; a comment when
         nothing did, so a closed page is noticed."""
         yield "retry: 2000\n\n"
+        if self._closed is None:
+            self._closed = anyio.Event()
+        closed = self._closed
         sent: dict[str, str] = {}
-        while True:
+        while not self.closing:
             snapshot = await self.snapshot(job_id)
             current = sections(snapshot, self.token)
             changed = {key: html for key, html in current.items() if sent.get(key) != html}
@@ -165,4 +177,5 @@ class Dashboard:
                 sent = current
             else:
                 yield ": nothing changed\n\n"
-            await anyio.sleep(self.interval)
+            with anyio.move_on_after(self.interval):
+                await closed.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from types import FrameType
 
 import anyio
 import uvicorn
@@ -45,15 +46,29 @@ async def serve(dashboard: Dashboard, sock: socket.socket) -> None:
     """Serve ``dashboard`` on ``sock`` while its watch runs, until cancelled or interrupted."""
     config = uvicorn.Config(
         dashboard.app(), log_config=None, access_log=False, ws="none", http="h11",
-        lifespan="off", server_header=False, timeout_graceful_shutdown=1,
+        lifespan="off", server_header=False, timeout_graceful_shutdown=3,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = _Server(config, dashboard)
     async with anyio.create_task_group() as group:
         group.start_soon(dashboard.watch.run)
         try:
             await server.serve(sockets=[sock])
         finally:
+            dashboard.close()
             group.cancel_scope.cancel()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on Ctrl-C (or SIGTERM) also ends the dashboard's event
+    streams, so that it stops at once rather than wait for them."""
+
+    def __init__(self, config: uvicorn.Config, dashboard: Dashboard) -> None:
+        super().__init__(config)
+        self._dashboard = dashboard
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._dashboard.closing = True
+        super().handle_exit(sig, frame)
 
 
 def _is_ipv6(host: str) -> bool:

@@ -210,6 +210,14 @@ class BrokerWatch:
             await anyio.sleep(self.retry)
 
     async def _listen(self) -> None:
+        identity = self.settings.data_dir / "identity"
+        if self.settings.security and not (identity / "identity.key").exists():
+            # Loading the keys would create them: the dashboard writes nothing.
+            self.broker = SourceStatus(
+                "broker", False, f"no researcher identity in {identity} yet: heartbeats "
+                "cannot be verified (a first job or 'researcher identity' makes one)",
+            )  # fmt: skip
+            return
         security = self.settings.load_security()
         topology = self.settings.topology
         async with AmqpTransport(

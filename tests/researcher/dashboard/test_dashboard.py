@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -189,6 +190,25 @@ def sections_of(detail: JobDetail) -> dict[str, str]:
     snapshot = Snapshot("2026-01-01T00:00:00+00:00", "ns", "http://127.0.0.1:15672", store,
                         [], [], [])  # fmt: skip
     return sections(snapshot, TOKEN)
+
+
+@pytest.mark.anyio
+async def test_the_watch_writes_nothing_and_says_what_it_cannot_do(tmp_path: Path) -> None:
+    settings = ResearcherSettings(
+        data_dir=tmp_path / "researcher", amqp_url="amqp://guest:guest@127.0.0.1:1/",
+        management_url="http://127.0.0.1:1",
+    )  # fmt: skip
+    watch = BrokerWatch(settings, retry=0.1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch.run)
+        with anyio.fail_after(30):
+            while watch.broker.ok is None or watch.management.ok is None:
+                await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    assert "no researcher identity in" in watch.broker.text
+    assert watch.management.text.startswith("unreachable")
+    assert watch.nodes(["n1"])[0].state == "unknown"
+    assert not (tmp_path / "researcher").exists()
 
 
 def test_charts_escape_skip_what_is_not_a_number_and_say_when_empty() -> None:
