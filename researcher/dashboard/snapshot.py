@@ -17,10 +17,12 @@ from typing import Any
 
 from researcher.dashboard.watch import NodeRow, QueueRow, SourceStatus
 from researcher.orchestration.lifecycle import State
+from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import (
     JobNotFoundError,
     JobRecord,
+    JobSummary,
     ProgressRecord,
     TaskRecord,
 )
@@ -132,7 +134,7 @@ class JobDetail:
 
 def read_jobs(store: JobStore, limit: int = JOBS_SHOWN) -> list[JobRow]:
     """The newest ``limit`` jobs, newest first."""
-    return [_job_row(job) for job in store.jobs()[:limit]]
+    return [_job_row(job) for job in store.recent_jobs(limit)]
 
 
 def pick_job(jobs: list[JobRow], wanted: str | None) -> str | None:
@@ -149,19 +151,30 @@ def read_job(
     store: JobStore,
     job_id: str,
     *,
+    listed: JobSummary | None = None,
+    spec: JobSpec | None = None,
     progress: Sequence[ProgressRecord] = (),
     now: datetime | None = None,
 ) -> JobDetail:
-    """One job in detail; ``progress`` is what its nodes reported while training (the
-    newest, oldest first).
+    """One job in detail.
+
+    Args:
+        listed, spec: the job as just listed and its spec, when the caller has both (a job's
+            spec never changes, and reading it is slow); else both are read.
+        progress: what its nodes reported while training (the newest, oldest first).
 
     Raises:
         JobNotFoundError: there is no such job.
     """
     now = now or datetime.now(UTC)
-    job = store.job(job_id)
+    job: JobRecord | JobSummary
+    if listed is None or spec is None:
+        job = store.job(job_id)
+        spec = job.spec
+    else:
+        job = listed
     records = store.tasks(job_id)
-    specs = {task.name: task for task in job.spec.tasks}
+    specs = {task.name: task for task in spec.tasks}
     tasks = [
         TaskRow(
             name=t.name,
@@ -178,13 +191,13 @@ def read_job(
     ]
     training = []
     for record in records:
-        spec = specs.get(record.name)
-        if isinstance(spec, TrainingTask) and record.inherited_from is None:
-            training.append(_training(store, job_id, record, spec.rounds, progress, now))
+        task_spec = specs.get(record.name)
+        if isinstance(task_spec, TrainingTask) and record.inherited_from is None:
+            training.append(_training(store, job_id, record, task_spec.rounds, progress, now))
     return JobDetail(job=_job_row(job), tasks=tasks, training=training)
 
 
-def _job_row(job: JobRecord) -> JobRow:
+def _job_row(job: JobRecord | JobSummary) -> JobRow:
     return JobRow(
         job_id=job.job_id, name=job.name, state=job.state.value, reason=job.reason,
         created_at=job.created_at, updated_at=job.updated_at, nodes=list(job.nodes or []),
@@ -287,21 +300,35 @@ class StoreReader:
         self._store: JobStore | None = None
         self._lock = threading.Lock()
         self._progress: dict[str, deque[ProgressRecord]] = {}
+        self._specs: dict[str, JobSpec] = {}
 
     def read(self, wanted: str | None = None) -> StoreView:
         """The newest jobs and ``wanted`` (or the job :func:`pick_job` picks) in detail."""
         store = self._open()
         if store is None:
             return StoreView(f"no job store yet at {self.path}", [], None)
-        jobs = read_jobs(store)
+        listed = {job.job_id: job for job in store.recent_jobs(JOBS_SHOWN)}
+        jobs = [_job_row(job) for job in listed.values()]
         chosen = pick_job(jobs, wanted)
         detail = None
         if chosen is not None:
             try:
-                detail = read_job(store, chosen, progress=self._new_progress(store, chosen))
+                detail = read_job(
+                    store, chosen, listed=listed[chosen], spec=self._spec(store, chosen),
+                    progress=self._new_progress(store, chosen),
+                )  # fmt: skip
             except JobNotFoundError:
                 detail = None
         return StoreView(f"{len(jobs)} job(s) in {self.path}", jobs, detail)
+
+    def _spec(self, store: JobStore, job_id: str) -> JobSpec:
+        """The job's spec, read once: it never changes."""
+        with self._lock:
+            if job_id not in self._specs:
+                if len(self._specs) >= JOBS_SHOWN:
+                    self._specs.clear()
+                self._specs[job_id] = store.job(job_id).spec
+            return self._specs[job_id]
 
     def _new_progress(self, store: JobStore, job_id: str) -> list[ProgressRecord]:
         """The job's newest progress reports: those kept, and any stored since."""
