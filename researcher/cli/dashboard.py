@@ -13,7 +13,7 @@ import typer
 from broker_net.cli_errors import USAGE, CliError, quiet_broker_clients
 from researcher.cli.broker import load_settings
 from researcher.dashboard.app import Dashboard
-from researcher.dashboard.server import LOCAL_HOSTS, bind, serve, url_of
+from researcher.dashboard.server import bind, is_loopback, serve, url_of
 from researcher.dashboard.snapshot import StoreReader
 from researcher.dashboard.watch import BrokerWatch
 
@@ -25,8 +25,8 @@ def dashboard_command(
     host: Annotated[
         str,
         typer.Option(
-            help="Address to listen on; anything but 127.0.0.1 shows your jobs to "
-            "whoever reaches it with the URL."
+            help="Address to listen on; one other machines reach shows your jobs to "
+            "whoever has the URL."
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = (
@@ -47,7 +47,7 @@ def dashboard_command(
         sock = bind(host, port)
     except OSError as exc:
         raise CliError(_bind_error(host, port, exc)) from None
-    if host not in LOCAL_HOSTS:
+    if not is_loopback(host):
         typer.echo(
             f"warning: listening on {host}, not only on this machine: anyone who can reach "
             "it and has the URL sees your jobs",

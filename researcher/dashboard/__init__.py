@@ -7,7 +7,7 @@ from researcher.dashboard.app import Dashboard, TokenGate
 from researcher.dashboard.charts import Series, line_chart
 from researcher.dashboard.dag_view import dag_svg
 from researcher.dashboard.page import page_html, sections
-from researcher.dashboard.server import bind, serve, url_of
+from researcher.dashboard.server import bind, is_loopback, serve, url_of
 from researcher.dashboard.snapshot import (
     JobDetail,
     JobRow,
@@ -45,6 +45,7 @@ __all__ = [
     "TrainingView",
     "bind",
     "dag_svg",
+    "is_loopback",
     "line_chart",
     "page_html",
     "pick_job",

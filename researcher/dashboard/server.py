@@ -11,9 +11,6 @@ import uvicorn
 
 from researcher.dashboard.app import Dashboard
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-"""Hosts that keep the dashboard on this machine."""
-
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host``:``port`` (0: any free port).
@@ -33,6 +30,16 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def url_of(sock: socket.socket, token: str) -> str:

@@ -17,6 +17,7 @@ from researcher.dashboard.app import SECURITY_HEADERS, Dashboard
 from researcher.dashboard.charts import Series, line_chart
 from researcher.dashboard.dag_view import dag_svg
 from researcher.dashboard.page import page_html, sections
+from researcher.dashboard.server import is_loopback
 from researcher.dashboard.snapshot import (
     JobDetail,
     Snapshot,
@@ -246,6 +247,13 @@ async def test_sections_are_what_the_page_holds(tmp_path: Path) -> None:
     page = page_html(snapshot, TOKEN, None)
     for key, html in sections(snapshot, TOKEN).items():
         assert f'id="{key}"' in page and html in page
+
+
+def test_only_loopback_addresses_count_as_this_machine() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.0.2.1", "example.org"):
+        assert not is_loopback(host), host
 
 
 def dashboard_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
