@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from importlib.resources import files
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
@@ -117,7 +117,7 @@ class Dashboard:
         also = store.job.job.nodes if store.job else []
         taken = Snapshot(
             taken_at=datetime.now(UTC).isoformat(), namespace=settings.namespace,
-            management_url=settings.management_url, store=store,
+            management_url=_without_credentials(settings.management_url), store=store,
             sources=self.watch.sources(), nodes=self.watch.nodes(also),
             queues=self.watch.queues(),
         )  # fmt: skip
@@ -179,3 +179,15 @@ class Dashboard:
                 yield ": nothing changed\n\n"
             with anyio.move_on_after(self.interval):
                 await closed.wait()
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without a user or password in it, to show on the page."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

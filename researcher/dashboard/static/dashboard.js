@@ -12,7 +12,11 @@
   }
   const events = new EventSource("events" + window.location.search);
   events.onopen = () => say("live", true);
-  events.onerror = () => say("reconnecting…", false);
+  events.onerror = () => {
+    // Closed for good when the dashboard refused the stream (it restarted with a new token).
+    const closed = events.readyState === EventSource.CLOSED;
+    say(closed ? "disconnected: open the URL the dashboard printed" : "reconnecting…", false);
+  };
   events.onmessage = (event) => {
     const changed = JSON.parse(event.data);
     for (const [id, html] of Object.entries(changed)) {

@@ -135,6 +135,17 @@ async def test_every_route_needs_the_token_and_nothing_changes_anything(tmp_path
 
 
 @pytest.mark.anyio
+async def test_the_page_shows_no_password_of_the_management_url(tmp_path: Path) -> None:
+    settings = ResearcherSettings(
+        data_dir=tmp_path, management_url="http://ops:secret@127.0.0.1:15672"
+    )
+    dashboard = Dashboard(StoreReader(tmp_path), BrokerWatch(settings), token=TOKEN)
+    snapshot = await dashboard.snapshot(None)
+    assert snapshot.management_url == "http://127.0.0.1:15672"
+    assert "secret" not in page_html(snapshot, TOKEN, None)
+
+
+@pytest.mark.anyio
 async def test_a_job_run_over_the_network_reads_back_whole(tmp_path: Path) -> None:
     async with network(tmp_path) as requests:
         with JobStore(tmp_path / "researcher") as store:
