@@ -23,6 +23,9 @@ METRICS_CHARTED = 4
 ROUNDS_LISTED = 8
 """The last rounds of a training task listed in its table."""
 
+COUNTERS = frozenset({"iteration", "step", "epoch", "batch"})
+"""Progress values that count where a node is rather than measure it: not charted live."""
+
 SECTIONS = ("status", "jobs", "job", "nodes")
 """The parts of the page that updates replace."""
 
@@ -178,10 +181,12 @@ def _time_chart(rounds: list[RoundView], colours: dict[str, str]) -> str:
 
 
 def _live_charts(view: TrainingView, colours: dict[str, str]) -> list[str]:
-    """What the nodes reported while training, by seconds since the first report shown."""
+    """What the nodes reported while training, by seconds since the first report shown
+    (counters left out)."""
     if not view.progress:
         return []
-    names = sorted({name for p in view.progress for name in p.values})[:METRICS_CHARTED]
+    names = sorted({name for p in view.progress for name in p.values} - COUNTERS)
+    names = names[:METRICS_CHARTED]
     start = min(p.at for p in view.progress)
     charts = []
     for name in names:
