@@ -163,3 +163,22 @@ def test_a_researcher_may_listen_on_its_dashboards_presence_queues_only() -> Non
         assert not re.search(pattern, queue.replace("alice", "alice-2"))
         assert not re.search(pattern, queue.replace(".presence", ".replies"))
         assert not re.search(pattern, "ns.researcher.alice-dashboard-nothex!.presence")
+
+
+async def test_a_researchers_dashboard_hears_the_nodes_with_its_user(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    settings = ResearcherSettings(
+        researcher_id="alice", amqp_url=deployment.url("alice"), management_url=MANAGEMENT_URL,
+        data_dir=tmp_path / "alice", security=False,
+    )  # fmt: skip
+    watch = BrokerWatch(settings)
+    transport, agent = await _node(deployment.url("n1"), "n1", tmp_path)
+    async with transport, agent, anyio.create_task_group() as group:
+        await agent.wait_ready()
+        group.start_soon(watch.run)
+        with anyio.fail_after(30):
+            while [(n.node_id, n.state) for n in watch.nodes()] != [("n1", "up")]:
+                await anyio.sleep(0.1)
+        assert watch.broker.ok, watch.broker.text
+        group.cancel_scope.cancel()
