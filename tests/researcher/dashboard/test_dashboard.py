@@ -154,12 +154,14 @@ async def test_a_job_run_over_the_network_reads_back_whole(tmp_path: Path) -> No
             await scheduler.run_job(job.job_id)
             detail = read_job(store, job.job_id)
 
-    assert detail.job.state == "success"
+    why = [(t.name, t.state, t.reason) for t in detail.tasks]
+    assert detail.job.state == "success", (detail.job.reason, why)
     (training,) = detail.training
     assert (training.done, training.total) == (2, 2)
     assert [r.number for r in training.rounds] == [1, 2]
     for r in training.rounds:
-        assert {n.node_id: n.status for n in r.nodes} == {"n1": "SUCCESS", "n2": "SUCCESS"}
+        statuses = {n.node_id: n.status for n in r.nodes}
+        assert statuses == {"n1": "SUCCESS", "n2": "SUCCESS"}, [n.reason for n in r.nodes]
         assert all(n.round_trip is not None and n.metrics for n in r.nodes)
         assert "accuracy" in r.metrics
 
