@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format typecheck bench bench-async broker clean
+.PHONY: install demo test test-fast lint format typecheck bench bench-async broker browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra.
 broker: ## Make sure the local RabbitMQ (with its management API) is up.
 	@bash scripts/ensure-broker.sh
 
+browser: ## Make sure Debian's chromium and chromedriver are installed (the dashboard tests drive them).
+	@bash scripts/ensure-browser.sh
+
 demo: $(STAMP) ## The main job: a federated run end to end (in memory if no broker is reachable).
 	@if bash scripts/ensure-broker.sh --quiet; then \
 		$(BIN)/python -m simulation.demo; \
@@ -25,10 +28,10 @@ demo: $(STAMP) ## The main job: a federated run end to end (in memory if no brok
 		$(BIN)/python -m simulation.demo --simulate; \
 	fi
 
-test: $(STAMP) broker ## Install, make sure the broker answers, run the whole suite.
+test: $(STAMP) broker browser ## Install, make sure the broker and the browser are there, run the whole suite.
 	$(BIN)/pytest
 
-test-fast: $(STAMP) ## The suite without the broker tests.
+test-fast: $(STAMP) browser ## The suite without the broker tests.
 	$(BIN)/pytest -m "not rabbitmq"
 
 lint: $(STAMP) ## Format check, ruff, mypy, and the layer contracts of docs/architecture.md.

@@ -20,6 +20,10 @@ NOTHING = "^$"
 HELPER_SUFFIX = "-status"
 """The one helper id a researcher's user also covers: ``<researcher id>-status``."""
 
+DASHBOARD_PRESENCE = "-dashboard-[0-9a-f]{8}"
+"""The presence queues a researcher's dashboard listens on, ``<researcher id>-dashboard-<8
+hex digits>`` (one per dashboard process): a researcher's user may declare and read them."""
+
 
 @dataclass(frozen=True, slots=True)
 class Permissions:
@@ -71,8 +75,9 @@ def node_permissions(topology: Topology, node_id: str) -> Permissions:
 def researcher_permissions(topology: Topology, researcher_id: str) -> Permissions:
     """What researcher ``researcher_id``'s broker user may do.
 
-    Its own reply and presence queues, and those of its one helper id ``<id>-status`` (the
-    ``researcher status`` command listens under it). The patterns are anchored on the whole
+    Its own reply and presence queues, those of its one helper id ``<id>-status`` (the
+    ``researcher status`` command listens under it), and its dashboards' presence queues
+    (``<id>-dashboard-<8 hex digits>``). The patterns are anchored on the whole
     name: researcher ``alice`` reaches nothing of researcher ``alice-2``.
 
     Raises:
@@ -87,8 +92,11 @@ def researcher_permissions(topology: Topology, researcher_id: str) -> Permission
         )
     ns = re.escape(topology.namespace)
     rid = re.escape(researcher_id)
-    own = f"^{ns}\\.researcher\\.{rid}(?:{re.escape(HELPER_SUFFIX)})?\\.(?:replies|presence)$"
-    own_replies = own.replace("(?:replies|presence)", "replies")
+    own_replies = f"^{ns}\\.researcher\\.{rid}(?:{re.escape(HELPER_SUFFIX)})?\\.replies$"
+    own = (
+        own_replies.replace("replies$", "(?:replies|presence)$")
+        + f"|^{ns}\\.researcher\\.{rid}{DASHBOARD_PRESENCE}\\.presence$"
+    )
     dead_letter = topology.dead_letter_queue.name
     return Permissions(
         configure=f"{own}|" + _names(dead_letter, *_exchange_names(topology)),

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from broker_net.cli_errors import CliApp, CliError, guard
 from researcher.cli.broker import connection, load_settings, session
+from researcher.cli.dashboard import dashboard_command
 from researcher.cli.jobs import job_app, output_app
 from researcher.cli.security import identity_app, provision_command, trust_app
 from researcher.cli.status import NodeStatus, collect_status
@@ -155,6 +156,7 @@ app.add_typer(output_app, name="output")
 app.add_typer(identity_app, name="identity")
 app.add_typer(trust_app, name="trust")
 app.command("provision")(guard(provision_command))
+app.command("dashboard")(guard(dashboard_command))
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """A real NodeAgent process whose ping handler can be made slow or failing, for tests.
 
     python -m tests.support.agent_process --node-id n1 --namespace ns --amqp-url URL \
-        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE] [--train-delay 2]
+        --data-dir DIR [--delay 30] [--fail] [--runs-file FILE] [--train-delay 1]
 
-``--train-delay`` makes the node train that many seconds slower (a slow machine). Every
-other request type uses the agent's real handlers.
+Every other request type uses the agent's real handlers (training after ``--train-delay``
+seconds, so that a test can watch rounds go by).
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from broker_net.amqp import AmqpTransport
 from broker_net.codes import ErrorCode
 from broker_net.logs import configure_logging
-from broker_net.messages import PingReply, PingRequest, TrainReply, TrainRequest
+from broker_net.messages import PingReply, PingRequest
 from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HANDLERS, Handler
-from node_agent.handlers import handle_train as handle_real_train
 from node_agent.settings import NodeSettings
 
 
@@ -45,9 +45,11 @@ def _ping_handler(delay: float, fail: bool, runs_file: Path | None):
 
 
 def _slow_training(delay: float) -> Handler:
-    async def handle_train(request: TrainRequest, context: NodeContext) -> TrainReply:
+    train = HANDLERS["train_request"]
+
+    async def handle_train(request: Any, context: NodeContext) -> Any:
         await anyio.sleep(delay)
-        return await handle_real_train(request, context)
+        return await train(request, context)
 
     return handle_train
 
@@ -93,8 +95,8 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--runs-file", type=Path)
-    parser.add_argument("--train-delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--train-delay", type=float, default=0.0, help="seconds before training")
     parser.add_argument("--security", action="store_true", help="authenticate messages")
     configure_logging("WARNING")
     anyio.run(_main, parser.parse_args())

@@ -12,11 +12,14 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.database import StoreDatabase
 from researcher.orchestration.store.records import (
     JOB_COLUMNS,
+    JOB_SUMMARY_COLUMNS,
     JobNotFoundError,
     JobRecord,
+    JobSummary,
     job_from_row,
     now_text,
     owner_alive,
+    summary_from_row,
     this_process,
 )
 
@@ -65,6 +68,14 @@ class JobTable(StoreDatabase):
         rows = self._query(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, rowid DESC")
         found = [job_from_row(row) for row in rows]
         return [job for job in found if states is None or job.state in states]
+
+    def recent_jobs(self, limit: int) -> list[JobSummary]:
+        """The newest ``limit`` jobs without their specs, newest first: a cheap listing."""
+        rows = self._query(
+            f"SELECT {JOB_SUMMARY_COLUMNS} FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (max(0, limit),),
+        )
+        return [summary_from_row(row) for row in rows]
 
     def waiting_jobs(self) -> list[JobRecord]:
         """Waiting jobs, highest priority first, then oldest first."""

@@ -73,6 +73,28 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobSummary:
+    """A job as listed: what :class:`JobRecord` holds but its spec, which is slow to read."""
+
+    job_id: str
+    name: str
+    state: State
+    reason: str
+    priority: int
+    researcher_id: str
+    created_at: str
+    updated_at: str
+    owner: str | None
+    heartbeat_at: str | None
+    nodes: list[str] | None
+
+    @property
+    def orphaned(self) -> bool:
+        """True when the job is waiting or running but the process running it is gone."""
+        return not self.state.finished and self.owner is not None and not owner_alive(self)
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """A task as stored."""
 
@@ -165,6 +187,33 @@ class RoundRow:
     ended_at: str
 
 
+@dataclass(frozen=True)
+class ProgressRecord:
+    """One progress update a node sent while a task's round ran.
+
+    Attributes:
+        id: its place in the store, increasing; 0 when not stored yet.
+        at: when the node sent it (node clock).
+        values: the scalars the plan reported (iteration, loss...).
+    """
+
+    id: int
+    job_id: str
+    task: str
+    round: int
+    node_id: str
+    request_id: str
+    at: datetime
+    values: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "id": self.id, "task": self.task, "round": self.round, "node_id": self.node_id,
+            "request_id": self.request_id, "at": self.at.isoformat(), "values": self.values,
+        }  # fmt: skip
+
+
 def now_text() -> str:
     """The current UTC time as ISO text, as the store writes it."""
     return datetime.now(UTC).isoformat()
@@ -175,7 +224,7 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def owner_alive(job: JobRecord) -> bool:
+def owner_alive(job: JobRecord | JobSummary) -> bool:
     """Whether the process named as the job's owner still runs.
 
     On this host the process id decides; for another host, a heartbeat newer than
@@ -203,6 +252,11 @@ JOB_COLUMNS = (
     "job_id, name, state, reason, priority, spec, researcher_id, created_at, updated_at, owner, "
     "heartbeat_at, stop_requested, nodes, datasets"
 )
+#: The columns of a :class:`JobSummary`, in its order.
+JOB_SUMMARY_COLUMNS = (
+    "job_id, name, state, reason, priority, researcher_id, created_at, updated_at, owner, "
+    "heartbeat_at, nodes"
+)
 #: The columns of a :class:`TaskRecord`, in its order.
 TASK_COLUMNS = (
     "job_id, name, kind, state, reason, attempt, started_at, ended_at, outputs, inherited_from, "
@@ -218,6 +272,15 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         updated_at=row[8], owner=row[9], heartbeat_at=row[10], stop_requested=bool(row[11]),
         nodes=json.loads(row[12]) if row[12] else None,
         datasets=json.loads(row[13]) if row[13] else None,
+    )  # fmt: skip
+
+
+def summary_from_row(row: tuple[Any, ...]) -> JobSummary:
+    """A job summary from a row of :data:`JOB_SUMMARY_COLUMNS`."""
+    return JobSummary(
+        job_id=row[0], name=row[1], state=State(row[2]), reason=row[3], priority=row[4],
+        researcher_id=row[5], created_at=row[6], updated_at=row[7], owner=row[8],
+        heartbeat_at=row[9], nodes=json.loads(row[10]) if row[10] else None,
     )  # fmt: skip
 
 

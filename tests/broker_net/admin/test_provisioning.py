@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from broker_net.messages import PingRequest
 from broker_net.topology import Topology
 from node_agent.agent import NodeAgent
 from node_agent.settings import NodeSettings
+from researcher.dashboard.watch import BrokerWatch
 from researcher.requests.policies import DiscardOnTimeout, RequestStatus
 from researcher.requests.router import Requests
+from researcher.settings import ResearcherSettings
 from tests.conftest import AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
@@ -149,3 +152,33 @@ async def test_a_researcher_cannot_reach_a_researcher_whose_id_it_prefixes() -> 
 def test_a_researcher_id_cannot_take_another_researchers_helper_id() -> None:
     with pytest.raises(ValueError, match="reserved"):
         researcher_permissions(Topology(), "alice-status")
+
+
+def test_a_researcher_may_listen_on_its_dashboards_presence_queues_only() -> None:
+    allowed = researcher_permissions(Topology("ns"), "alice")
+    listener = BrokerWatch(ResearcherSettings(researcher_id="alice", namespace="ns")).listener_id
+    queue = Topology("ns").presence_queue(listener).name
+    for pattern in (allowed.configure, allowed.write, allowed.read):
+        assert re.search(pattern, queue)
+        assert not re.search(pattern, queue.replace("alice", "alice-2"))
+        assert not re.search(pattern, queue.replace(".presence", ".replies"))
+        assert not re.search(pattern, "ns.researcher.alice-dashboard-nothex!.presence")
+
+
+async def test_a_researchers_dashboard_hears_the_nodes_with_its_user(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    settings = ResearcherSettings(
+        researcher_id="alice", amqp_url=deployment.url("alice"), management_url=MANAGEMENT_URL,
+        data_dir=tmp_path / "alice", security=False,
+    )  # fmt: skip
+    watch = BrokerWatch(settings)
+    transport, agent = await _node(deployment.url("n1"), "n1", tmp_path)
+    async with transport, agent, anyio.create_task_group() as group:
+        await agent.wait_ready()
+        group.start_soon(watch.run)
+        with anyio.fail_after(30):
+            while [(n.node_id, n.state) for n in watch.nodes()] != [("n1", "up")]:
+                await anyio.sleep(0.1)
+        assert watch.broker.ok, watch.broker.text
+        group.cancel_scope.cancel()

@@ -107,6 +107,25 @@ def test_waiting_jobs_come_by_priority_then_age(store: JobStore) -> None:
     assert [j.job_id for j in store.waiting_jobs()] == [high.job_id, low.job_id, low_later.job_id]
 
 
+def test_recent_jobs_list_the_newest_without_their_specs(store: JobStore) -> None:
+    jobs = [store.create_job(_spec(f"job-{n}"), researcher_id="alice") for n in range(3)]
+    store.set_job_state(jobs[2].job_id, State.RUNNING, "running on n1")
+    store.set_job_nodes(jobs[2].job_id, ["n1"], {"n1": "data"})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    store.claim(jobs[2].job_id, f"{this_process().rpartition(':')[0]}:{dead.stdout.strip()}")
+
+    listed = store.recent_jobs(2)
+
+    assert [j.job_id for j in listed] == [jobs[2].job_id, jobs[1].job_id]
+    newest = listed[0]
+    assert (newest.name, newest.state, newest.reason, newest.nodes) == (
+        "job-2", State.RUNNING, "running on n1", ["n1"]
+    )  # fmt: skip
+    assert newest.orphaned and not listed[1].orphaned
+    assert not hasattr(newest, "spec")
+
+
 def test_in_flight_requests_are_recorded_for_a_resume(store: JobStore) -> None:
     job = store.create_job(_spec(), researcher_id="alice")
     sent = datetime(2030, 1, 1, tzinfo=UTC)
