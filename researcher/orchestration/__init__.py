@@ -26,6 +26,7 @@ from researcher.orchestration.spec import (
 )
 from researcher.orchestration.startup import JobStartError
 from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.task_context import Approver, TaskContext, TaskError
 from researcher.orchestration.task_specs import (
     ALL_NODES,
     AnalyticsTask,
@@ -37,7 +38,7 @@ from researcher.orchestration.task_specs import (
     TaskSpec,
     TrainingTask,
 )
-from researcher.orchestration.tasks import Approver, TaskContext, TaskError, run_task
+from researcher.orchestration.tasks import run_task
 
 __all__ = [
     "ALL_NODES",

@@ -31,7 +31,7 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.startup import JobStart, JobStartError
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import JobRecord, owner_alive, this_process
-from researcher.orchestration.tasks import Approver
+from researcher.orchestration.task_context import Approver
 from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)
