@@ -13,8 +13,10 @@ from researcher.errors import (
 from researcher.jobs.aggregation import fedavg, weighted_metrics
 from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
+from researcher.jobs.evaluation import BestModel, Evaluation, EvaluationRecord
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.prediction import PredictionJob, PredictionResult
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError
 from researcher.jobs.secagg import SecureAggregation
@@ -31,6 +33,7 @@ from researcher.jobs.strategies import (
 from researcher.jobs.training import TrainingJob, TrainingResult
 from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError
+from researcher.orchestration.model_specs import EvaluationSpec, ModelRef
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
@@ -38,10 +41,12 @@ from researcher.orchestration.task_specs import (
     AnalyticsTask,
     PlanApprovalTask,
     PlanCheckTask,
+    PredictionTask,
     PreprocessingTask,
     SpecError,
     TrainingTask,
 )
+from researcher.orchestration.trained_models import TrainedModel, load_model
 from researcher.requests.federated import FederatedRequest, MessagesByNode, PolicyReport
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeTiming
@@ -64,8 +69,12 @@ from researcher.settings import ResearcherSettings
 
 __all__ = [
     "AnalyticsTask",
+    "BestModel",
     "DiscardOnStall",
     "DiscardOnTimeout",
+    "Evaluation",
+    "EvaluationRecord",
+    "EvaluationSpec",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
@@ -84,6 +93,7 @@ __all__ = [
     "JobStore",
     "LateReply",
     "MessagesByNode",
+    "ModelRef",
     "NoReplyError",
     "NodeErrorReply",
     "NodeErrors",
@@ -95,6 +105,9 @@ __all__ = [
     "PlanCheckTask",
     "Policy",
     "PolicyReport",
+    "PredictionJob",
+    "PredictionResult",
+    "PredictionTask",
     "PreprocRequestJob",
     "PreprocResult",
     "PreprocessingTask",
@@ -119,6 +132,7 @@ __all__ = [
     "StopOnStall",
     "StopOnTimeout",
     "Strategy",
+    "TrainedModel",
     "TrainingJob",
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",
@@ -128,5 +142,6 @@ __all__ = [
     "Verdict",
     "combine_statistics",
     "fedavg",
+    "load_model",
     "weighted_metrics",
 ]

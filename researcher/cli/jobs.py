@@ -34,6 +34,7 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import JobNotFoundError, this_process
 from researcher.orchestration.task_specs import SpecError
+from researcher.orchestration.trained_models import check_model_refs
 from researcher.settings import ResearcherSettings
 
 job_app = typer.Typer(
@@ -143,7 +144,7 @@ def submit(
     this one included. Exits 1 when this job does not succeed."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
-        spec = JobSpec.load(spec_path)
+        spec = check_model_refs(store, JobSpec.load(spec_path))
         if queue_only:
             reason = "queued; it runs when a scheduler runs the queue (`researcher job submit`)"
             job = store.create_job(spec, researcher_id=settings.researcher_id, reason=reason)

@@ -14,10 +14,18 @@
 from researcher.jobs.aggregation import fedavg, weighted_metrics
 from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
+from researcher.jobs.evaluation import (
+    BestModel,
+    Evaluation,
+    EvaluationRecord,
+    best_round,
+    metric_goal,
+)
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.masked import masked_update, unflatten
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.prediction import PredictionJob, PredictionResult
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError, availability
 from researcher.jobs.secagg import SecureAggregation, default_threshold
@@ -36,6 +44,9 @@ from researcher.jobs.strategies import (
 from researcher.jobs.training import TrainingJob, TrainingResult
 
 __all__ = [
+    "BestModel",
+    "Evaluation",
+    "EvaluationRecord",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
@@ -47,6 +58,8 @@ __all__ = [
     "FedYogi",
     "Job",
     "NodeUpdate",
+    "PredictionJob",
+    "PredictionResult",
     "PreprocRequestJob",
     "PreprocResult",
     "RoundRecord",
@@ -60,12 +73,14 @@ __all__ = [
     "TrainingPlanCheckJob",
     "TrainingResult",
     "availability",
+    "best_round",
     "combine_quantiles",
     "combine_statistics",
     "default_threshold",
     "fedavg",
     "make_strategy",
     "masked_update",
+    "metric_goal",
     "open_reply",
     "seal_request",
     "unflatten",

@@ -14,6 +14,7 @@
 from researcher.orchestration.dag import fill_inputs
 from researcher.orchestration.fedjob import DEMO_DATASET_TAG, FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError, check_transition
+from researcher.orchestration.model_specs import EvaluationSpec, ModelRef
 from researcher.orchestration.outputs import OutputError
 from researcher.orchestration.scheduler import Scheduler, cancel_unfinished, stop_job
 from researcher.orchestration.spec import (
@@ -33,12 +34,19 @@ from researcher.orchestration.task_specs import (
     OutputRef,
     PlanApprovalTask,
     PlanCheckTask,
+    PredictionTask,
     PreprocessingTask,
     SpecError,
     TaskSpec,
     TrainingTask,
 )
 from researcher.orchestration.tasks import run_task
+from researcher.orchestration.trained_models import (
+    ModelRefError,
+    TrainedModel,
+    check_model_refs,
+    load_model,
+)
 
 __all__ = [
     "ALL_NODES",
@@ -46,6 +54,7 @@ __all__ = [
     "AnalyticsTask",
     "Approver",
     "DatasetSelector",
+    "EvaluationSpec",
     "FedJob",
     "Inheritance",
     "JobConf",
@@ -53,11 +62,14 @@ __all__ = [
     "JobSpec",
     "JobStartError",
     "JobStore",
+    "ModelRef",
+    "ModelRefError",
     "OutputError",
     "OutputRef",
     "PlanApprovalTask",
     "PlanCheckTask",
     "PlanSpec",
+    "PredictionTask",
     "PreprocessingTask",
     "Scheduler",
     "SimulatedDataset",
@@ -66,11 +78,14 @@ __all__ = [
     "TaskContext",
     "TaskError",
     "TaskSpec",
+    "TrainedModel",
     "TrainingTask",
     "TransitionError",
     "cancel_unfinished",
+    "check_model_refs",
     "check_transition",
     "fill_inputs",
+    "load_model",
     "run_task",
     "stop_job",
 ]

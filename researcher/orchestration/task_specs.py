@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from broker_net.codes import PreprocStep, PreprocType
 from broker_net.crypto.secagg import MAX_PRECISION_BITS
 from broker_net.topology import check_id
+from researcher.orchestration.model_specs import EvaluationSpec, ModelRef
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -324,11 +325,13 @@ class SamplingSpec(BaseModel):
 
 class TrainingTask(_Task):
     """Rounds of a training plan over the nodes' datasets, under a strategy (default FedAvg)
-    and optionally a client sampling.
+    and optionally a client sampling, an evaluation and a warm start (``initial_model``).
 
     Outputs: ``rounds`` (rounds run), ``metrics`` (the last round's metrics, weighted by
-    sample size), ``model`` (the final model file, relative to the job's folder) and
-    ``parameters`` (the model's parameter names and shapes).
+    sample size), ``model`` (the final model file, relative to the job's folder),
+    ``parameters`` (the model's parameter names and shapes), and with an evaluation
+    ``evaluations`` (each evaluated round's weighted and per-node metrics) and ``best`` (the
+    best round by the evaluation's metric, its value and model file).
     """
 
     kind: Literal["training"] = "training"
@@ -348,6 +351,16 @@ class TrainingTask(_Task):
     secagg: bool | SecaggSpec = Field(
         default=False, description="Aggregate masked updates; the researcher sees the mean only."
     )
+    evaluation: EvaluationSpec | None = None
+    initial_model: ModelRef | None = Field(
+        default=None, description="Start from this trained model instead of a new one."
+    )
+
+    @property
+    def upstream(self) -> list[str]:
+        """As any task's, and this job's training task whose model it starts from."""
+        refs = self.initial_model.upstream if self.initial_model else []
+        return list(dict.fromkeys([*super().upstream, *refs]))
 
     @model_validator(mode="after")
     def _secagg_settings(self) -> Self:
@@ -357,11 +370,44 @@ class TrainingTask(_Task):
         return self
 
     input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
-    output_keys: ClassVar[frozenset[str]] = frozenset({"rounds", "metrics", "model", "parameters"})
+    output_keys: ClassVar[frozenset[str]] = frozenset(
+        {"rounds", "metrics", "model", "parameters", "evaluations", "best"}
+    )
+
+
+class PredictionTask(_Task):
+    """A trained ``model`` run on each node's dataset (the job's, or ``datasets``: node ->
+    dataset id). The predictions stay on the node as a new registered dataset with its
+    provenance; only a summary comes back. The plan and ``model_args`` default to those of the
+    model's training task.
+
+    Outputs: ``datasets`` (node -> the new prediction dataset's id), ``summaries`` (node ->
+    rows, and class counts or mean and std), ``n_rows`` (over the nodes) and ``model`` (the
+    job, task and round of the model used).
+    """
+
+    kind: Literal["prediction"] = "prediction"
+    model: ModelRef
+    plan: str | None = Field(default=None, description="Default: the training task's plan.")
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="Node id -> dataset id; default: the job's datasets."
+    )
+    state_ids: dict[str, str | None] = Field(default_factory=dict)
+    encrypt_params: bool = Field(default=False, description="Encrypt the model for each node.")
+
+    input_roots: ClassVar[frozenset[str]] = frozenset({"model_args", "state_ids", "datasets"})
+    output_keys: ClassVar[frozenset[str]] = frozenset({"datasets", "summaries", "n_rows", "model"})
+
+    @property
+    def upstream(self) -> list[str]:
+        """As any task's, and this job's training task whose model it runs."""
+        return list(dict.fromkeys([*super().upstream, *self.model.upstream]))
 
 
 TaskSpec: TypeAlias = Annotated[
-    AnalyticsTask | PreprocessingTask | PlanApprovalTask | PlanCheckTask | TrainingTask,
+    AnalyticsTask | PreprocessingTask | PlanApprovalTask | PlanCheckTask | TrainingTask
+    | PredictionTask,
     Field(discriminator="kind"),
-]
+]  # fmt: skip
 """Any task, told apart by its ``kind``."""

@@ -5,7 +5,8 @@ request goes through a job of :mod:`researcher.jobs` with :class:`RequestHooks` 
 it in the store before it is sent, then when it reached each node and when each node
 answered; a task attempt that a new process resumes finds those records and resumes the same
 requests (see :meth:`TaskContext.hooks`). Training runs in
-:mod:`researcher.orchestration.training_task`.
+:mod:`researcher.orchestration.training_task`, prediction in
+:mod:`researcher.orchestration.prediction_task`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from researcher.errors import RequestError
 from researcher.jobs.analytics import FARequestJob
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob
+from researcher.orchestration.prediction_task import run_prediction_task
 from researcher.orchestration.task_context import TaskContext, TaskError, reasons
 from researcher.orchestration.task_specs import (
     AnalyticsTask,
     PlanApprovalTask,
     PlanCheckTask,
+    PredictionTask,
     PreprocessingTask,
     secagg_settings,
 )
@@ -48,6 +51,8 @@ async def run_task(ctx: TaskContext) -> dict[str, Any]:
             return await _plan_approval(ctx, task)
         if isinstance(task, PlanCheckTask):
             return await _plan_check(ctx, task)
+        if isinstance(task, PredictionTask):
+            return await run_prediction_task(ctx, task)
         return await run_training_task(ctx, task)
     except RequestError as exc:
         raise TaskError(str(exc)) from exc

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from researcher.jobs.evaluation import Evaluation, EvaluationRecord
 from researcher.jobs.experiment import Experiment, RoundRecord
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.strategies import make_strategy
@@ -24,6 +25,13 @@ from researcher.orchestration.spec import PlanSpec
 from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
 from researcher.orchestration.task_context import TaskContext, TaskError
 from researcher.orchestration.task_specs import TrainingTask, secagg_settings
+from researcher.orchestration.trained_models import (
+    EVALUATION_SLOT,
+    ModelRefError,
+    best_evaluation,
+    load_model,
+    stored_evaluations,
+)
 from researcher.requests.policies import DiscardOnTimeout
 from training_plans.plan import TrainingPlan
 
@@ -43,9 +51,7 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         if state.exists():
             strategy.load_state(load_params(state))
     else:
-        model = plan_class()
-        model.init_model(task.model_args)
-        initial = dict(model.get_params())
+        initial = _initial_params(ctx, task, plan_class)
         path = save_params(folder / "round-0.npz", initial)
         store.add_model(job_id, task.name, ctx.attempt, 0, path)
     sampling_spec = task.sampling
@@ -61,6 +67,7 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         encrypt_aux_var=task.strategy.encrypt_aux_var,
         secagg=(secagg := secagg_settings(task.secagg)) is not None,
         secagg_options=secagg.training_options() if secagg else None,
+        evaluation=_evaluation(ctx, task),
     )  # fmt: skip
     if done:
         ctx.progress(f"resuming after round {done[-1].round} of {task.rounds}",
@@ -70,6 +77,10 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         path = save_params(folder / f"round-{record.round}.npz", experiment.params)
         if state := experiment.strategy.state():
             save_params(_state_path(path), state)
+        if record.evaluation is not None:
+            store.add_node_results(job_id, task.name, ctx.attempt,
+                                   f"{EVALUATION_SLOT}{record.round}", record.round,
+                                   _round_results(record.evaluation))  # fmt: skip
         store.commit_round(
             job_id, task.name, ctx.attempt,
             RoundRow(task.name, ctx.attempt, record.round, record.request_id,
@@ -81,15 +92,64 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
     rounds = store.rounds(job_id, task.name, ctx.attempt)
     final = store.models(job_id, task.name)[rounds[-1].round]
     params = load_params(final)
-    return {
+    outputs: dict[str, Any] = {
         "rounds": len(rounds),
         "metrics": rounds[-1].metrics,
         "model": str(final.relative_to(store.data_dir)),
         "parameters": {name: list(np.shape(value)) for name, value in params.items()},
     }
+    if task.evaluation is not None:
+        evaluations = stored_evaluations(store, job_id, task.name)
+        best = best_evaluation(evaluations, task.evaluation)
+        if best is not None:
+            best["model"] = str(store.models(job_id, task.name)[best["round"]].relative_to(
+                store.data_dir))  # fmt: skip
+        outputs.update(evaluations=evaluations, best=best)
+    return outputs
 
 
-def _round_results(record: RoundRecord) -> list[NodeResult]:
+def _initial_params(
+    ctx: TaskContext, task: TrainingTask, plan_class: type[TrainingPlan]
+) -> dict[str, npt.NDArray[Any]]:
+    """A new model of the plan, or the model ``initial_model`` names (a warm start), checked
+    to fit the plan.
+
+    Raises:
+        TaskError: no such model, or it does not fit the plan.
+    """
+    model = plan_class()
+    model.init_model(task.model_args)
+    if task.initial_model is None:
+        return dict(model.get_params())
+    try:
+        found = load_model(ctx.store, task.initial_model, job_id=ctx.job_id)
+    except ModelRefError as exc:
+        raise TaskError(f"cannot start from {task.initial_model}: {exc}") from exc
+    try:
+        model.set_params(found.params)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise TaskError(
+            f"{task.initial_model} (round {found.round}) does not fit plan {task.plan}: {exc}"
+        ) from exc
+    ctx.progress(f"starting from round {found.round} of task {found.task} of job {found.job_id}")
+    return dict(found.params)
+
+
+def _evaluation(ctx: TaskContext, task: TrainingTask) -> Evaluation | None:
+    spec = task.evaluation
+    if spec is None:
+        return None
+    unknown = sorted(set(spec.test_datasets) - set(ctx.nodes))
+    if unknown:
+        raise TaskError(f"evaluation test_datasets name nodes the task does not run on: {unknown}")
+    return Evaluation(
+        every=spec.every, at_end=spec.at_end, test_datasets=spec.test_datasets,
+        metric=spec.metric, goal=spec.goal, policies=[DiscardOnTimeout(task.request_timeout)],
+        hooks=lambda number: ctx.hooks(f"{EVALUATION_SLOT}{number}"),
+    )  # fmt: skip
+
+
+def _round_results(record: RoundRecord | EvaluationRecord) -> list[NodeResult]:
     results = []
     for node in sorted(set(record.timings) | set(record.nodes) | set(record.failed)):
         timing = record.timings.get(node)
