@@ -329,9 +329,10 @@ class TrainingTask(_Task):
 
     Outputs: ``rounds`` (rounds run), ``metrics`` (the last round's metrics, weighted by
     sample size), ``model`` (the final model file, relative to the job's folder),
-    ``parameters`` (the model's parameter names and shapes), and with an evaluation
+    ``parameters`` (the model's parameter names and shapes), with an evaluation
     ``evaluations`` (each evaluated round's weighted and per-node metrics) and ``best`` (the
-    best round by the evaluation's metric, its value and model file).
+    best round by the evaluation's metric, its value and model file), and with a warm start
+    ``initial_model`` (the job, task, round and file it started from).
     """
 
     kind: Literal["training"] = "training"
@@ -371,7 +372,7 @@ class TrainingTask(_Task):
 
     input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
     output_keys: ClassVar[frozenset[str]] = frozenset(
-        {"rounds", "metrics", "model", "parameters", "evaluations", "best"}
+        {"rounds", "metrics", "model", "parameters", "evaluations", "best", "initial_model"}
     )
 
 

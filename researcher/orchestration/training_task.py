@@ -98,6 +98,10 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         "model": str(final.relative_to(store.data_dir)),
         "parameters": {name: list(np.shape(value)) for name, value in params.items()},
     }
+    if task.initial_model is not None:
+        outputs["initial_model"] = load_model(store, task.initial_model, job_id=job_id).describe(
+            store
+        )
     if task.evaluation is not None:
         evaluations = stored_evaluations(store, job_id, task.name)
         best = best_evaluation(evaluations, task.evaluation)
