@@ -303,14 +303,14 @@ def output_metrics(
             _print_json(value)
             return
         for name, entry in value["tasks"].items():
-            rounds = entry["rounds"]
-            keys = sorted({k for r in rounds for k in r["metrics"]})
-            table = Table(title=f"task {name}: metrics by round (weighted by sample size)")
+            rounds = [(r, outputs.round_metrics(r)) for r in entry["rounds"]]
+            keys = sorted({k for _, shown in rounds for k in shown})
+            table = Table(title=f"task {name}: {outputs.metrics_caption(entry)}")
             for column in ("round", *keys, "nodes", "failed"):
                 table.add_column(column)
-            for r in rounds:
+            for r, shown in rounds:
                 table.add_row(
-                    str(r["round"]), *(f"{r['metrics'].get(k, float('nan')):.4f}" for k in keys),
+                    str(r["round"]), *(f"{shown.get(k, float('nan')):.4f}" for k in keys),
                     str(len(r["nodes"])), ", ".join(r["failed"]) or "-",
                 )  # fmt: skip
             console.print(table)

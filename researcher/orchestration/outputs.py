@@ -76,6 +76,22 @@ def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, 
     return result
 
 
+def round_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """One round of :func:`metrics` as one map: its training metrics, and those of the
+    evaluation after it prefixed ``eval_``."""
+    evaluation = (entry.get("evaluation") or {}).get("metrics") or {}
+    return {**entry["metrics"], **{f"eval_{k}": v for k, v in evaluation.items()}}
+
+
+def metrics_caption(task: dict[str, Any]) -> str:
+    """What a training task's rounds of :func:`metrics` show, and its best round if any."""
+    caption = "metrics by round (weighted by sample size; eval_: evaluation of the global model)"
+    best = task.get("best")
+    if best:
+        caption += f"; best: round {best['round']} ({best['metric']} {best['value']:.4f})"
+    return caption
+
+
 def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any]:
     """Each task's outputs and each node's answers to its requests.
 

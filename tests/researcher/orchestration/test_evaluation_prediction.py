@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from node_agent.datasets import DatasetRegistry
+from researcher.cli.jobs import standalone_app
 from researcher.jobs.evaluation import Evaluation, best_round, metric_goal
 from researcher.orchestration import outputs
 from researcher.orchestration.fedjob import FedJob
@@ -127,6 +129,22 @@ async def test_evaluation_best_model_prediction_and_warm_start(tmp_path: Path) -
         assert made["source_dataset"] == shards[node] and made["job_id"] == first.job_id
         assert made["model"] == f"train/best-{best['round']}"
     assert predict["n_rows"] == sum(s["n_rows"] for s in predict["summaries"].values())
+
+    # What `researcher output` shows of them.
+    env = {"BROKER_NET_RESEARCHER_DATA_DIR": str(tmp_path / "researcher"), "COLUMNS": "300"}
+    shown_metrics = CliRunner().invoke(
+        standalone_app(), ["output", "metrics", first.job_id, "--task", "train"], env=env
+    )
+    assert shown_metrics.exit_code == 0, shown_metrics.output
+    assert "eval_accuracy" in shown_metrics.output
+    assert f"best: round {best['round']} (accuracy {best['value']:.4f})" in shown_metrics.output
+    shown_data = CliRunner().invoke(
+        standalone_app(), ["output", "data", first.job_id, "--task", "predict"], env=env
+    )
+    assert shown_data.exit_code == 0, shown_data.output
+    assert (
+        "class_counts" in shown_data.output and predict["datasets"]["site-1"] in shown_data.output
+    )
 
     # A warm start from that best model: the new training's round 0 is that model.
     warm = training_job("warm", rounds=1)
