@@ -9,6 +9,7 @@ folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import types
 from pathlib import Path
@@ -35,6 +36,9 @@ from researcher.orchestration.trained_models import (
 from researcher.requests.policies import DiscardOnTimeout
 from training_plans.plan import TrainingPlan
 
+_STARTED_FROM = "initial-model.json"
+"""Beside a warm-started task's models: which model it started from."""
+
 
 async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
     """Run (or resume) the rounds of ``task`` and return its outputs."""
@@ -51,7 +55,7 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         if state.exists():
             strategy.load_state(load_params(state))
     else:
-        initial = _initial_params(ctx, task, plan_class)
+        initial = _initial_params(ctx, task, plan_class, folder / _STARTED_FROM)
         path = save_params(folder / "round-0.npz", initial)
         store.add_model(job_id, task.name, ctx.attempt, 0, path)
     sampling_spec = task.sampling
@@ -98,10 +102,9 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         "model": str(final.relative_to(store.data_dir)),
         "parameters": {name: list(np.shape(value)) for name, value in params.items()},
     }
-    if task.initial_model is not None:
-        outputs["initial_model"] = load_model(store, task.initial_model, job_id=job_id).describe(
-            store
-        )
+    started_from = folder / _STARTED_FROM
+    if started_from.exists():
+        outputs["initial_model"] = json.loads(started_from.read_text())
     if task.evaluation is not None:
         evaluations = stored_evaluations(store, job_id, task.name)
         best = best_evaluation(evaluations, task.evaluation)
@@ -113,10 +116,10 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
 
 
 def _initial_params(
-    ctx: TaskContext, task: TrainingTask, plan_class: type[TrainingPlan]
+    ctx: TaskContext, task: TrainingTask, plan_class: type[TrainingPlan], started_from: Path
 ) -> dict[str, npt.NDArray[Any]]:
     """A new model of the plan, or the model ``initial_model`` names (a warm start), checked
-    to fit the plan.
+    to fit the plan; which model that was is written to ``started_from``.
 
     Raises:
         TaskError: no such model, or it does not fit the plan.
@@ -135,6 +138,7 @@ def _initial_params(
         raise TaskError(
             f"{task.initial_model} (round {found.round}) does not fit plan {task.plan}: {exc}"
         ) from exc
+    started_from.write_text(json.dumps(found.describe(ctx.store)))
     ctx.progress(f"starting from round {found.round} of task {found.task} of job {found.job_id}")
     return dict(found.params)
 
