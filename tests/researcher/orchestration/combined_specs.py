@@ -33,6 +33,7 @@ COMBINED_TASKS = """
   name: predict
   nodes: all
   model: {task: train, model: best}
+  encrypt_params: true
   inputs:
     state_ids: {task: scale, key: state_ids}
 """
