@@ -4,7 +4,9 @@
   :mod:`~researcher.jobs.preprocessing`, :mod:`~researcher.jobs.training`,
   :mod:`~researcher.jobs.plans`: the jobs;
 - :mod:`~researcher.jobs.experiment`: rounds of federated training, under a strategy
-  (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`);
+  (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`),
+  evaluated with a best model (:mod:`~researcher.jobs.evaluation`);
+- :mod:`~researcher.jobs.prediction`: a trained model run on the nodes' data;
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what

@@ -1,11 +1,14 @@
 """Orchestration: job specs, the job store, the scheduler running them, and their outputs.
 
 - :mod:`~researcher.orchestration.fedjob`: :class:`FedJob`, a job defined in Python;
-- :mod:`~researcher.orchestration.spec` and :mod:`~researcher.orchestration.task_specs`: the
-  job spec and its tasks;
+- :mod:`~researcher.orchestration.spec`, :mod:`~researcher.orchestration.task_specs` and
+  :mod:`~researcher.orchestration.model_specs`: the job spec, its tasks, evaluations and model
+  references;
 - :mod:`~researcher.orchestration.scheduler`, :mod:`~researcher.orchestration.startup`,
-  :mod:`~researcher.orchestration.dag` and :mod:`~researcher.orchestration.tasks`: running
-  stored jobs;
+  :mod:`~researcher.orchestration.dag` and :mod:`~researcher.orchestration.tasks` (with
+  :mod:`~researcher.orchestration.training_task` and
+  :mod:`~researcher.orchestration.prediction_task`): running stored jobs;
+- :mod:`~researcher.orchestration.trained_models`: trained models in the store, by reference;
 - :mod:`~researcher.orchestration.lifecycle`: the states of jobs and tasks;
 - :mod:`~researcher.orchestration.store`: where jobs are kept;
 - :mod:`~researcher.orchestration.outputs`: a job's outputs as plain data.
