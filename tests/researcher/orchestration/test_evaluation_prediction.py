@@ -188,6 +188,14 @@ def test_a_prediction_of_a_model_that_cannot_exist_is_refused(tmp_path: Path) ->
     job.tasks["predict"].model = ModelRef(task="train", model="best")  # type: ignore[union-attr]
     with JobStore(tmp_path) as store, pytest.raises(SpecError, match="has no evaluation"):
         check_model_refs(store, job.spec)
+    # A job that has not trained yet has no final model to predict with or start from.
+    job.tasks["predict"].model = ModelRef(task="train")  # type: ignore[union-attr]
+    with JobStore(tmp_path) as store:
+        waiting = store.create_job(job.spec, researcher_id="alice")
+        with pytest.raises(ModelRefError, match="has no final model: it is waiting"):
+            load_model(store, ModelRef(job=waiting.job_id, task="train"))
+        with pytest.raises(ModelRefError, match="has no model of round 1"):
+            load_model(store, ModelRef(job=waiting.job_id, task="train", model=1))
 
 
 def _plan() -> type:
