@@ -76,6 +76,7 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
+from broker_net.prediction_messages import PredictReply, PredictRequest
 from broker_net.progress_messages import ProgressMessage
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
 from broker_net.transport import Delivery, TransferProgress, Transport
@@ -125,6 +126,8 @@ __all__ = [
     "MessageValidationError",
     "PingReply",
     "PingRequest",
+    "PredictReply",
+    "PredictRequest",
     "PreprocReply",
     "PreprocRequest",
     "PreprocStep",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.message_base import MessageBase, ReplyBase, RequestBase, utc_now
+from broker_net.prediction_messages import PredictReply, PredictRequest
 from broker_net.progress_messages import ProgressMessage
 
 
@@ -352,11 +353,11 @@ class ErrorMessage(MessageBase):
 
 RequestMessage: TypeAlias = (
     PingRequest | ListRequest | FARequest | PreprocRequest | TrainRequest
-    | TrainingPlanStatusRequest | ApprovalRequest | SecaggRequest | CancelRequest
+    | TrainingPlanStatusRequest | ApprovalRequest | SecaggRequest | CancelRequest | PredictRequest
 )  # fmt: skip
 ReplyMessage: TypeAlias = (
     PingReply | ListReply | FAReply | PreprocReply | TrainReply | TrainingPlanStatusReply
-    | ApprovalReply | SecaggReply | CancelReply
+    | ApprovalReply | SecaggReply | CancelReply | PredictReply
 )  # fmt: skip
 AnyMessage: TypeAlias = Annotated[
     RequestMessage | ReplyMessage | Heartbeat | ErrorMessage | ProgressMessage,
@@ -369,7 +370,8 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
         PingRequest, PingReply, ListRequest, ListReply, FARequest, FAReply, PreprocRequest,
         PreprocReply, TrainRequest, TrainReply, TrainingPlanStatusRequest,
         TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, SecaggRequest, SecaggReply,
-        CancelRequest, CancelReply, Heartbeat, ErrorMessage, ProgressMessage,
+        CancelRequest, CancelReply, PredictRequest, PredictReply, Heartbeat, ErrorMessage,
+        ProgressMessage,
     )
 }  # fmt: skip
 """Every message class by its ``type`` tag."""
@@ -384,6 +386,7 @@ REPLY_TYPES: dict[type[BaseModel], type[BaseModel]] = {
     ApprovalRequest: ApprovalReply,
     SecaggRequest: SecaggReply,
     CancelRequest: CancelReply,
+    PredictRequest: PredictReply,
 }
 """The reply class expected for each request class."""
 

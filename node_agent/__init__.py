@@ -4,4 +4,9 @@ from node_agent.agent import NodeAgent
 from node_agent.context import HandlerError, NodeContext
 from node_agent.settings import NodeSettings
 
-__all__ = ["HandlerError", "NodeAgent", "NodeContext", "NodeSettings"]
+__all__ = [
+    "HandlerError",
+    "NodeAgent",
+    "NodeContext",
+    "NodeSettings",
+]

@@ -5,10 +5,13 @@ arrives as a frame on its standard input (see :mod:`node_agent.plan_process`) an
 goes back as a frame on its result pipe, both msgpack. Nothing is pickled. A job holds
 ``source``, ``class_name``, ``params``, ``model_args``, ``training_args``, ``training``, the
 data (``columns``, ``values``, ``target``), the split (``validation_fraction``,
-``split_seed``) and optionally ``aux_var``. The result is either::
+``split_seed``) and optionally ``aux_var``. A prediction job holds ``task: "predict"``,
+``source``, ``class_name``, ``params``, ``model_args`` and the features (``columns``,
+``values``). The result is either::
 
     {"ok": True, "params": {...}, "aux_var": {...}, "sample_size": n, "metrics": {...},
      "timing": {...}}
+    {"ok": True, "predictions": array, "classifier": True}
     {"ok": False, "stage": "train", "error_type": "ValueError", "message": "...",
      "traceback": "..."}
 
@@ -105,9 +108,11 @@ class PlanCache:
 
 
 def run_job(job: dict[str, Any], cache: PlanCache | None = None) -> dict[str, Any]:
-    """Run one training or validation job; failures of the plan's code become failure results."""
+    """Run one training, validation or prediction job; failures of the plan's code become
+    failure results."""
     try:
-        return _run(job, cache or PlanCache())
+        run = _predict if job.get("task") == "predict" else _run
+        return run(job, cache or PlanCache())
     except _StageError as exc:
         error = exc.error
         return {
@@ -168,6 +173,22 @@ def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
         "metrics": metrics,
         "timing": timing,
     }
+
+
+def _predict(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
+    x = np.array(job["values"], dtype=np.float64)
+    model_args = {"n_features": x.shape[1], **job["model_args"]}
+    plan = cache.get(job["source"], job["class_name"])
+    _stage("init", lambda: plan.init_model(model_args))
+    params = {name: np.array(value) for name, value in job["params"].items()}
+    if params:
+        _stage("set_params", lambda: plan.set_params(params))
+    predictions = _stage("predict", lambda: np.asarray(plan.predict(x), dtype=np.float64))
+    if predictions.shape != (len(x),):
+        error = ValueError(f"predict gave shape {predictions.shape}, not one value per row")
+        raise _StageError("predict", error)
+    classifier = bool(_stage("predict", plan.is_classifier))
+    return {"ok": True, "predictions": predictions, "classifier": classifier}
 
 
 def _floats(stage: str, metrics: Any) -> dict[str, float]:

@@ -97,7 +97,8 @@ def list_datasets(
 ) -> None:
     """List the registered datasets, optionally only those carrying every given tag.
 
-    The table shows ids, names, shapes, targets and tags; --json adds columns, dtypes and paths.
+    The table shows ids, names, shapes, targets, tags and provenance; --json adds columns,
+    dtypes and paths.
     """
     with DatasetRegistry(data_dir) as registry:
         entries = registry.list(tag or [])
@@ -125,13 +126,14 @@ def remove(
 
 
 def _as_json(entry: DatasetEntry) -> dict[str, object]:
-    return {**entry.to_info().model_dump(), "path": str(entry.path), "target": entry.target}
+    return {**entry.to_info().model_dump(), "path": str(entry.path), "target": entry.target,
+            "provenance": entry.provenance}  # fmt: skip
 
 
 def _table(entries: list[DatasetEntry]) -> RichTable:
     table = RichTable()
     table.add_column("id", no_wrap=True, min_width=len("dataset_") + 32)
-    for header in ("name", "shape", "target", "tags"):
+    for header in ("name", "shape", "target", "tags", "provenance"):
         table.add_column(header, overflow="fold")
     for entry in entries:
         table.add_row(
@@ -140,5 +142,15 @@ def _table(entries: list[DatasetEntry]) -> RichTable:
             " x ".join(str(n) for n in entry.shape),
             entry.target or "",
             ", ".join(entry.tags),
+            _provenance(entry.provenance),
         )
     return table
+
+
+def _provenance(made: dict[str, object] | None) -> str:
+    """Where a dataset the node made comes from, in one line; empty for an operator's."""
+    if not made:
+        return ""
+    return (f"predictions on {made.get('source_dataset')} by {made.get('model')} of job "
+            f"{made.get('job_id')} (plan {str(made.get('plan_id'))[:12]}, request "
+            f"{made.get('request_id')}, {made.get('created_at')})")  # fmt: skip

@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS datasets (
     added_at TEXT NOT NULL
 )
 """
+_PROVENANCE = """
+CREATE TABLE IF NOT EXISTS dataset_provenance (
+    dataset_id TEXT PRIMARY KEY,
+    provenance TEXT NOT NULL
+)
+"""
+_SELECT = (
+    "SELECT d.*, p.provenance FROM datasets d LEFT JOIN dataset_provenance p USING (dataset_id)"
+)
 
 
 class DatasetNotFoundError(KeyError):
@@ -121,6 +130,9 @@ class DatasetEntry:
     columns: list[str] = field(default_factory=list)
     dtypes: dict[str, str] = field(default_factory=dict)
     added_at: str = ""
+    provenance: dict[str, Any] | None = None
+    """Where a dataset the node made comes from (predictions: source dataset, job, model,
+    plan, request, time); ``None`` for a dataset an operator added."""
 
     def to_info(self) -> DatasetInfo:
         """What researchers may see of this dataset."""
@@ -143,7 +155,7 @@ class DatasetRegistry(SqliteStore):
     """
 
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir / "datasets.sqlite", [_SCHEMA])
+        super().__init__(data_dir / "datasets.sqlite", [_SCHEMA, _PROVENANCE])
 
     def add(
         self,
@@ -153,6 +165,7 @@ class DatasetRegistry(SqliteStore):
         tags: Sequence[str] = (),
         description: str = "",
         target: str | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> DatasetEntry:
         """Read the file at ``path`` and register it under a new ``dataset_<hex>`` id.
 
@@ -163,6 +176,7 @@ class DatasetRegistry(SqliteStore):
             description: free text shown to researchers.
             target: the column training plans predict; ``y`` by default for ``.npz`` files
                 holding ``y``.
+            provenance: where the node made the dataset from (JSON data), e.g. predictions.
 
         Raises:
             DataLoadingError: the file is missing, of an unknown format, unreadable, or has no
@@ -186,6 +200,7 @@ class DatasetRegistry(SqliteStore):
             columns=columns,
             dtypes=dtypes,
             added_at=datetime.now(UTC).isoformat(),
+            provenance=provenance,
         )
         with self._transaction() as conn:
             conn.execute(
@@ -197,12 +212,15 @@ class DatasetRegistry(SqliteStore):
                     json.dumps(entry.dtypes), entry.added_at,
                 ),
             )  # fmt: skip
+            if provenance is not None:
+                conn.execute("INSERT INTO dataset_provenance VALUES (?, ?)",
+                             (entry.dataset_id, json.dumps(provenance)))  # fmt: skip
         return entry
 
     def list(self, tags: Sequence[str] = ()) -> list[DatasetEntry]:
         """Return the datasets carrying every one of ``tags`` (all of them when empty)."""
         with self._transaction() as conn:
-            rows = conn.execute("SELECT * FROM datasets ORDER BY added_at, dataset_id").fetchall()
+            rows = conn.execute(f"{_SELECT} ORDER BY added_at, dataset_id").fetchall()
         wanted = set(tags)
         entries = [_entry_from_row(row) for row in rows]
         return [entry for entry in entries if wanted.issubset(entry.tags)]
@@ -214,9 +232,7 @@ class DatasetRegistry(SqliteStore):
             DatasetNotFoundError: no dataset has that id.
         """
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM datasets WHERE dataset_id = ?", (dataset_id,)
-            ).fetchone()
+            row = conn.execute(f"{_SELECT} WHERE dataset_id = ?", (dataset_id,)).fetchone()
         if row is None:
             raise DatasetNotFoundError(dataset_id)
         return _entry_from_row(row)
@@ -237,6 +253,7 @@ class DatasetRegistry(SqliteStore):
         """
         with self._transaction() as conn:
             cursor = conn.execute("DELETE FROM datasets WHERE dataset_id = ?", (dataset_id,))
+            conn.execute("DELETE FROM dataset_provenance WHERE dataset_id = ?", (dataset_id,))
         if cursor.rowcount == 0:
             raise DatasetNotFoundError(dataset_id)
 
@@ -251,10 +268,13 @@ class DatasetRegistry(SqliteStore):
 
 
 def _entry_from_row(row: tuple[Any, ...]) -> DatasetEntry:
-    dataset_id, name, path, fmt, tags, description, target, shape, columns, dtypes, added = row
+    dataset_id, name, path, fmt, tags, description, target, shape, columns, dtypes, added, made = (
+        row
+    )
     return DatasetEntry(
         dataset_id, name, Path(path), fmt, json.loads(tags), description, target,
         json.loads(shape), json.loads(columns), json.loads(dtypes), added,
+        json.loads(made) if made else None,
     )  # fmt: skip
 
 

@@ -33,20 +33,23 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
+from broker_net.prediction_messages import PredictReply, PredictRequest
 from broker_net.version import __version__
 from node_agent.analytics import AnalyticsArgumentError, statistics_for_request
 from node_agent.context import HandlerError, NodeContext
 from node_agent.control_variates import keep_client_variate, with_client_variate
 from node_agent.datasets import DataLoadingError, DatasetNotFoundError
-from node_agent.payloads import open_request, seal_reply
+from node_agent.payloads import open_params, open_request, seal_reply
 from node_agent.plan_workers import plan_workers_for
 from node_agent.plans import PlanInvalidError, compute_plan_id
+from node_agent.predictions import keep_predictions, summarise
 from node_agent.preprocessing import PreprocessingError, load_training_table, run_preprocessing
 from node_agent.runner import (
     DEFAULT_VALIDATION_FRACTION,
     PlanFailedError,
     PlanTimeoutError,
     TrainingDataError,
+    run_prediction,
     run_training,
 )
 from node_agent.secagg_handlers import (
@@ -236,7 +239,8 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
     seen through ``state_id`` (see :func:`node_agent.preprocessing.load_training_table`), its
     registered target column
     against every other column; ``training_args`` may set ``validation_fraction`` (0.2) and
-    ``split_seed`` (0) of the node's train / validation split.
+    ``split_seed`` (0) of the node's train / validation split; a validation-only round may set
+    the fraction to 1 to evaluate on every row (a test dataset).
 
     Encrypted parameters and auxiliary variables are decrypted first and the reply's encrypted
     in kind (see :mod:`node_agent.payloads`). A SCAFFOLD round gets the node's control variate
@@ -250,22 +254,11 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
             DATA_LOADING_FAILED, BAD_ARGUMENTS, PLAN_TIMEOUT, PLAN_FAILED, DECRYPTION_FAILED,
             SECAGG_FAILED.
     """
-    fraction, seed = _split_arguments(request.training_args)
+    fraction, seed = _split_arguments(request.training_args, request.training)
     secagg = secagg_node_for(request, context) if request.secagg_arguments else None
     params, aux_var = open_request(request, context)
     with _errors_as(ErrorCode.NODE_ERROR, "training"):
-        status = await anyio.to_thread.run_sync(context.plans.status, request.training_plan)
-        # An operator's explicit rejection holds even where approval is not required.
-        refused = status is TrainingPlanStatus.REJECTED or (
-            context.settings.require_approval and status is not TrainingPlanStatus.APPROVED
-        )
-        if refused:
-            raise HandlerError(
-                ErrorCode.PLAN_NOT_APPROVED,
-                f"the training plan is not approved on this node (status: {status.value})",
-                status=status.value,
-                training_plan_id=compute_plan_id(request.training_plan),
-            )
+        await _check_approved(request.training_plan, context)
         aux_var = await anyio.to_thread.run_sync(
             with_client_variate, context.states, request, aux_var
         )
@@ -322,11 +315,73 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
     )
 
 
-def _split_arguments(training_args: dict[str, Any]) -> tuple[float, int]:
+async def handle_predict(request: PredictRequest, context: NodeContext) -> PredictReply:
+    """Predict with a trained model on a dataset; keep the predictions on the node.
+
+    The plan is refused unless approved, as for training, and runs in the same sandboxed plan
+    process; its features are every column of the dataset (seen through ``state_id``) but its
+    registered target. The predictions become a new registered dataset with their provenance
+    (see :mod:`node_agent.predictions`); the reply names it and carries only a summary.
+
+    Raises:
+        HandlerError: PLAN_NOT_APPROVED, PLAN_INVALID, DATASET_NOT_FOUND, STATE_NOT_FOUND,
+            DATA_LOADING_FAILED, BAD_ARGUMENTS, PLAN_TIMEOUT, PLAN_FAILED, DECRYPTION_FAILED.
+    """
+    params = open_params(request, context)
+    with _errors_as(ErrorCode.NODE_ERROR, "prediction"):
+        plan_id = await _check_approved(request.training_plan, context)
+        entry = await anyio.to_thread.run_sync(context.datasets.get, request.dataset_id)
+        table = await anyio.to_thread.run_sync(
+            load_training_table, context.datasets, context.states, request.dataset_id,
+            request.state_id,
+        )  # fmt: skip
+        outcome = await run_prediction(
+            request.training_plan, request.training_plan_class, table=table, target=entry.target,
+            params=params, model_args=request.model_args, timeout=context.settings.plan_timeout,
+            workers=plan_workers_for(context),
+            reuse_key=(request.researcher_id, request.experiment_id, request.dataset_id),
+        )  # fmt: skip
+        kept = await anyio.to_thread.run_sync(
+            keep_predictions, context.datasets, context.settings, request, entry,
+            outcome.predictions, plan_id,
+        )  # fmt: skip
+    return PredictReply(
+        **_stamp(request, context), experiment_id=request.experiment_id, success=True,
+        dataset_id=request.dataset_id, prediction_dataset_id=kept.dataset_id,
+        n_rows=len(outcome.predictions), summary=summarise(outcome.predictions, outcome.classifier),
+    )  # fmt: skip
+
+
+async def _check_approved(source: str, context: NodeContext) -> str:
+    """The plan's id, when the node may run it.
+
+    An operator's explicit rejection holds even where approval is not required.
+
+    Raises:
+        HandlerError: PLAN_NOT_APPROVED.
+    """
+    status = await anyio.to_thread.run_sync(context.plans.status, source)
+    plan_id = compute_plan_id(source)
+    refused = status is TrainingPlanStatus.REJECTED or (
+        context.settings.require_approval and status is not TrainingPlanStatus.APPROVED
+    )
+    if refused:
+        raise HandlerError(
+            ErrorCode.PLAN_NOT_APPROVED,
+            f"the training plan is not approved on this node (status: {status.value})",
+            status=status.value, training_plan_id=plan_id,
+        )  # fmt: skip
+    return plan_id
+
+
+def _split_arguments(training_args: dict[str, Any], training: bool) -> tuple[float, int]:
+    """The split's fraction and seed; a validation-only round may hold out every row (1)."""
     fraction = training_args.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
     seed = training_args.get("split_seed", 0)
-    if not isinstance(fraction, int | float) or isinstance(fraction, bool) or not 0 <= fraction < 1:
-        raise HandlerError(ErrorCode.BAD_ARGUMENTS, "'validation_fraction' must be in [0, 1)")
+    number = isinstance(fraction, int | float) and not isinstance(fraction, bool)
+    if not number or not (0 <= fraction < 1 or (fraction == 1 and not training)):
+        limit = "[0, 1)" if training else "[0, 1]"
+        raise HandlerError(ErrorCode.BAD_ARGUMENTS, f"'validation_fraction' must be in {limit}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise HandlerError(ErrorCode.BAD_ARGUMENTS, "'split_seed' must be an integer")
     return float(fraction), seed
@@ -341,8 +396,11 @@ HANDLERS: dict[str, Handler] = {
     "approval_request": handle_approval,
     "train_request": handle_train,
     "secagg_request": handle_secagg,
+    "predict_request": handle_predict,
 }
 """Handler for each request ``type`` tag."""
 
-HEAVY_MESSAGE_TYPES: frozenset[str] = frozenset({"train_request", "fa_request", "preproc_request"})
+HEAVY_MESSAGE_TYPES: frozenset[str] = frozenset(
+    {"train_request", "fa_request", "preproc_request", "predict_request"}
+)
 """Request types that run in the heavy lane, so they never hold up pings and status requests."""

@@ -5,7 +5,8 @@ with ``encrypt_params`` its parameters, encrypted for this node and bound to the
 round, this node and the request id (:mod:`broker_net.crypto.payloads`): a ciphertext replayed
 into another round, node or request is refused with DECRYPTION_FAILED. The node answers in
 kind: an encrypted auxiliary variable gets an encrypted one back, ``encrypt_params`` encrypted
-parameters, both for the researcher only.
+parameters, both for the researcher only. A :class:`~broker_net.prediction_messages.PredictRequest`
+may carry its model's parameters encrypted the same way (:func:`open_params`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from broker_net.crypto.encryption import DecryptionError, is_encrypted_payload
 from broker_net.crypto.identities import Identity, PublicIdentity, UnknownKeyError
 from broker_net.crypto.payloads import PayloadBinding, PayloadField, encrypted_fields
 from broker_net.messages import TrainRequest
+from broker_net.prediction_messages import PredictRequest
 from node_agent.context import HandlerError, NodeContext
 
 
@@ -45,6 +47,20 @@ def open_request(
     return opened["params"], opened["optim_aux_var"]
 
 
+def open_params(request: PredictRequest, context: NodeContext) -> dict[str, Any]:
+    """A prediction's parameters, decrypted when ``encrypt_params`` says they are encrypted.
+
+    Raises:
+        HandlerError: DECRYPTION_FAILED, or BAD_ARGUMENTS for ``encrypt_params`` over plain
+            parameters.
+    """
+    if not request.encrypt_params:
+        return dict(request.params)
+    if not is_encrypted_payload(request.params):
+        raise HandlerError(ErrorCode.BAD_ARGUMENTS, "'encrypt_params' over plain parameters")
+    return _open(request, context, "params", request.params)
+
+
 def seal_reply(
     request: TrainRequest,
     context: NodeContext,
@@ -66,12 +82,15 @@ def seal_reply(
     return fields
 
 
-def _binding(request: TrainRequest, context: NodeContext) -> PayloadBinding:
+def _binding(request: TrainRequest | PredictRequest, context: NodeContext) -> PayloadBinding:
     return PayloadBinding(request.experiment_id, request.round, context.node_id, request.request_id)
 
 
 def _open(
-    request: TrainRequest, context: NodeContext, field: PayloadField, payload: Mapping[str, Any]
+    request: TrainRequest | PredictRequest,
+    context: NodeContext,
+    field: PayloadField,
+    payload: Mapping[str, Any],
 ) -> dict[str, Any]:
     identity, researcher = _parties(request, context)
     try:
@@ -87,7 +106,9 @@ def _seal(
     return _binding(request, context).seal(identity, researcher, field, arrays)
 
 
-def _parties(request: TrainRequest, context: NodeContext) -> tuple[Identity, PublicIdentity]:
+def _parties(
+    request: TrainRequest | PredictRequest, context: NodeContext
+) -> tuple[Identity, PublicIdentity]:
     if context.security is None:
         raise HandlerError(
             ErrorCode.DECRYPTION_FAILED,

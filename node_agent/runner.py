@@ -159,12 +159,80 @@ async def run_training(
         "split_seed": split_seed,
         "aux_var": dict(aux_var or {}),
     }
+    result, output, elapsed = await _run_job(job, timeout, sandbox, workers, reuse_key)
+    return _outcome(result, output, elapsed)
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """One prediction per row, and whether they are classes (else values)."""
+
+    predictions: npt.NDArray[np.float64]
+    classifier: bool
+
+
+async def run_prediction(
+    source: str,
+    class_name: str,
+    *,
+    table: Table,
+    target: str | None,
+    params: Mapping[str, Any],
+    model_args: Mapping[str, Any],
+    timeout: float,
+    sandbox: SandboxPolicy | None = None,
+    workers: PlanWorkers | None = None,
+    reuse_key: tuple[Hashable, ...] | None = None,
+) -> PredictionOutcome:
+    """Predict with the plan class ``class_name`` of ``source`` and ``params`` on every row of
+    ``table``, its features being every column but ``target``; in a plan worker as
+    :func:`run_training` runs one.
+
+    Raises:
+        TrainingDataError: no rows, or missing values in the features.
+        PlanTimeoutError: the plan ran longer than ``timeout`` seconds.
+        PlanFailedError: the plan raised (it has no ``predict``), or its process died.
+    """
+    columns = [name for name in table.columns if name != target]
+    features = Table(columns, table.values[:, [table.columns.index(c) for c in columns]])
+    if features.n_rows == 0 or not columns:
+        raise TrainingDataError("the dataset has no rows or no feature columns")
+    holes = [name for name in columns if np.isnan(features.column(name)).any()]
+    if holes:
+        raise TrainingDataError(f"the features have missing values in {', '.join(holes)}")
+    job = {
+        "task": "predict", "source": source, "class_name": class_name, "params": dict(params),
+        "model_args": dict(model_args), "columns": columns, "values": features.values,
+    }  # fmt: skip
+    result, output, _ = await _run_job(job, timeout, sandbox, workers, reuse_key)
+    if not result.get("ok"):
+        _outcome(result, output, 0.0)  # raises the plan's failure
+    try:
+        predictions = np.asarray(result["predictions"], dtype=np.float64)
+        if predictions.shape != (features.n_rows,):
+            raise ValueError(f"shape {predictions.shape}")
+        return PredictionOutcome(predictions, bool(result["classifier"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanFailedError(
+            f"the training plan's process sent a malformed prediction ({exc!r})",
+            stage="process", output=output,
+        ) from None  # fmt: skip
+
+
+async def _run_job(
+    job: dict[str, Any],
+    timeout: float,
+    sandbox: SandboxPolicy | None,
+    workers: PlanWorkers | None,
+    reuse_key: tuple[Hashable, ...] | None,
+) -> tuple[dict[str, Any], str, float]:
+    """Run ``job`` on a plan worker: its result, what it printed and the seconds it took."""
     payload = await anyio.to_thread.run_sync(encode, job)
     if workers is None or reuse_key is None:
         workers = PlanWorkers(sandbox or SandboxPolicy.limits_only(), size=0)
         reuse_key = ()
-    plan_id = _plan_id(source)
-    key = (*reuse_key, plan_id, class_name)
+    plan_id = _plan_id(job["source"])
+    key = (*reuse_key, plan_id, job["class_name"])
     started = time.perf_counter()
     try:
         result, output = await workers.run(key, plan_id, payload, timeout=timeout)
@@ -175,7 +243,7 @@ async def run_training(
         ) from None
     except WorkerLostError as exc:
         _lost(exc)
-    return _outcome(result, output, time.perf_counter() - started)
+    return result, output, time.perf_counter() - started
 
 
 def _plan_id(source: str) -> str:

@@ -15,9 +15,11 @@ from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
 from researcher.jobs.buffered import BufferedExperiment
 from researcher.jobs.buffered_records import StopWhen
+from researcher.jobs.evaluation import BestModel, Evaluation, EvaluationRecord
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.fedbuff import FedBuffSettings
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.prediction import PredictionJob, PredictionResult
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError
 from researcher.jobs.secagg import SecureAggregation
@@ -34,6 +36,7 @@ from researcher.jobs.strategies import (
 from researcher.jobs.training import TrainingJob, TrainingResult
 from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.lifecycle import State, TransitionError
+from researcher.orchestration.model_specs import EvaluationSpec, ModelRef
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
@@ -42,10 +45,12 @@ from researcher.orchestration.task_specs import (
     AsyncTrainingTask,
     PlanApprovalTask,
     PlanCheckTask,
+    PredictionTask,
     PreprocessingTask,
     SpecError,
     TrainingTask,
 )
+from researcher.orchestration.trained_models import TrainedModel, load_model
 from researcher.requests.federated import FederatedRequest, MessagesByNode, PolicyReport
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeTiming
@@ -69,9 +74,13 @@ from researcher.settings import ResearcherSettings
 __all__ = [
     "AnalyticsTask",
     "AsyncTrainingTask",
+    "BestModel",
     "BufferedExperiment",
     "DiscardOnStall",
     "DiscardOnTimeout",
+    "Evaluation",
+    "EvaluationRecord",
+    "EvaluationSpec",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
@@ -91,6 +100,7 @@ __all__ = [
     "JobStore",
     "LateReply",
     "MessagesByNode",
+    "ModelRef",
     "NoReplyError",
     "NodeErrorReply",
     "NodeErrors",
@@ -102,6 +112,9 @@ __all__ = [
     "PlanCheckTask",
     "Policy",
     "PolicyReport",
+    "PredictionJob",
+    "PredictionResult",
+    "PredictionTask",
     "PreprocRequestJob",
     "PreprocResult",
     "PreprocessingTask",
@@ -127,6 +140,7 @@ __all__ = [
     "StopOnTimeout",
     "StopWhen",
     "Strategy",
+    "TrainedModel",
     "TrainingJob",
     "TrainingPlanApproveJob",
     "TrainingPlanCheckJob",
@@ -136,5 +150,6 @@ __all__ = [
     "Verdict",
     "combine_statistics",
     "fedavg",
+    "load_model",
     "weighted_metrics",
 ]

@@ -72,6 +72,7 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
+from broker_net.prediction_messages import PredictReply, PredictRequest
 from broker_net.progress_messages import PROGRESS_EXPIRATION, ProgressMessage
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
@@ -539,6 +540,28 @@ def messages() -> list[Any]:
             sequence=3,
             sent_at=stamp(1700000030.5),
             values={"iteration": 40.0, "loss": 0.25},
+        ),
+        PredictRequest(
+            request_id=request_id(11),
+            researcher_id=RESEARCHER,
+            experiment_id="job_" + "b" * 32 + ".predict",
+            job_id="job_" + "a" * 32,
+            model="train/best-2",
+            round=2,
+            training_plan=PLAN_SOURCE,
+            training_plan_class="LogisticRegressionPlan",
+            params=params_out,
+            model_args={"n_features": 3},
+            dataset_id=DATASET,
+        ),
+        PredictReply(
+            **reply_fields(11),
+            experiment_id="job_" + "b" * 32 + ".predict",
+            success=True,
+            dataset_id=DATASET,
+            prediction_dataset_id="dataset_" + hashlib.sha256(b"predictions").hexdigest()[:32],
+            n_rows=100,
+            summary={"kind": "classes", "class_counts": {"0": 38, "1": 62}},
         ),
     ]
 

@@ -31,7 +31,7 @@ from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import DatasetSelector, JobSpec
 from researcher.orchestration.store.job_store import JobStore
-from researcher.orchestration.tasks import Approver
+from researcher.orchestration.task_context import Approver
 from researcher.requests.router import Requests
 from simulation.demo_setup import DEMO_TAG, register_demo_shard
 

@@ -123,6 +123,14 @@ class SklearnLinearPlan(TrainingPlan):
         spread = float(np.mean((y - np.mean(y)) ** 2))
         return {"loss": loss, "r2": 1.0 - loss / spread if spread else 0.0}
 
+    def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """A classifier's class or a regressor's value for each row of ``x``."""
+        return self._predict(x)
+
+    def is_classifier(self) -> bool:
+        """True for ``SGDClassifier`` and ``Perceptron``, false for ``SGDRegressor``."""
+        return self.classes is not None
+
     def _predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Predictions from the parameters alone (before any ``partial_fit`` too)."""
         scores = x @ np.atleast_2d(self.estimator.coef_).T + self.estimator.intercept_

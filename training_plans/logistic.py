@@ -113,6 +113,10 @@ class LogisticRegressionPlan(TrainingPlan):
         predicted = self._probabilities(x) >= 0.5
         return {"loss": self._log_loss(x, y), "accuracy": float(np.mean(predicted == (y >= 0.5)))}
 
+    def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The class of each row of ``x``: 1 where its probability is at least 0.5, else 0."""
+        return (self._probabilities(x) >= 0.5).astype(np.float64)
+
     def _log_loss(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
         p = np.clip(self._probabilities(x), 1e-12, 1.0 - 1e-12)
         return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))

@@ -148,6 +148,11 @@ class MLPPlan(TrainingPlan):
         accuracy = float(np.mean(np.argmax(probabilities, axis=1) == y.astype(int)))
         return {"loss": self._loss(x, y), "accuracy": accuracy}
 
+    def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The most probable class of each row of ``x``."""
+        _, _, probabilities = self._forward(x)
+        return np.asarray(np.argmax(probabilities, axis=1), dtype=np.float64)
+
     def _loss(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
         _, _, probabilities = self._forward(x)
         picked = probabilities[np.arange(len(y)), y.astype(int)]

@@ -56,7 +56,8 @@ class TrainingPlan(ABC):
     ``init_model(model_args)``, ``set_params(params)`` with the researcher's global parameters,
     ``set_aux_var(aux_var)`` when the request carries optimizer auxiliary variables, then
     ``train(x, y, training_args)`` (skipped in validation-only rounds),
-    ``evaluate(x_val, y_val)``, ``get_params()`` and ``get_aux_var()``.
+    ``evaluate(x_val, y_val)``, ``get_params()`` and ``get_aux_var()``. A prediction calls
+    ``init_model(model_args)``, ``set_params(params)`` and ``predict(x)``.
 
     A plan that applies FedProx's proximal term or SCAFFOLD's correction during ``train``
     (see :mod:`training_plans.corrections`) names them in :attr:`supports`; a round asking a
@@ -94,6 +95,21 @@ class TrainingPlan(ABC):
     @abstractmethod
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
         """Return metrics of the model on ``x`` and ``y``, e.g. ``loss`` and ``accuracy``."""
+
+    def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Return one prediction per row of ``x``: a class for a classifier, a value for a
+        regressor (see :meth:`is_classifier`). The ready plans implement it; a plan without it
+        cannot be used for prediction.
+
+        Raises:
+            NotImplementedError: the plan does not predict.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict(x)")
+
+    def is_classifier(self) -> bool:
+        """Whether :meth:`predict` gives classes (summarised by counts) rather than values
+        (summarised by mean and standard deviation); classes by default."""
+        return True
 
     def set_aux_var(self, aux_var: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Receive the researcher's optimizer auxiliary variables (such as a global Scaffold

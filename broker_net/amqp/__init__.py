@@ -2,4 +2,6 @@
 
 from broker_net.amqp.transport import AmqpTransport
 
-__all__ = ["AmqpTransport"]
+__all__ = [
+    "AmqpTransport",
+]

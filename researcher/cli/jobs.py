@@ -34,6 +34,7 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import JobNotFoundError, this_process
 from researcher.orchestration.task_specs import SpecError
+from researcher.orchestration.trained_models import check_model_refs
 from researcher.settings import ResearcherSettings
 
 job_app = typer.Typer(
@@ -143,7 +144,7 @@ def submit(
     this one included. Exits 1 when this job does not succeed."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
-        spec = JobSpec.load(spec_path)
+        spec = check_model_refs(store, JobSpec.load(spec_path))
         if queue_only:
             reason = "queued; it runs when a scheduler runs the queue (`researcher job submit`)"
             job = store.create_job(spec, researcher_id=settings.researcher_id, reason=reason)
@@ -302,14 +303,14 @@ def output_metrics(
             _print_json(value)
             return
         for name, entry in value["tasks"].items():
-            rounds = entry["rounds"]
-            keys = sorted({k for r in rounds for k in r["metrics"]})
-            table = Table(title=f"task {name}: metrics by {entry['step']} (sample-weighted)")
+            rounds = [(r, outputs.round_metrics(r)) for r in entry["rounds"]]
+            keys = sorted({k for _, shown in rounds for k in shown})
+            table = Table(title=f"task {name}: {outputs.metrics_caption(entry)}")
             for column in (entry["step"], *keys, "nodes", "failed"):
                 table.add_column(column)
-            for r in rounds:
+            for r, shown in rounds:
                 table.add_row(
-                    str(r["round"]), *(f"{r['metrics'].get(k, float('nan')):.4f}" for k in keys),
+                    str(r["round"]), *(f"{shown.get(k, float('nan')):.4f}" for k in keys),
                     str(len(r["nodes"])), ", ".join(r["failed"]) or "-",
                 )  # fmt: skip
             console.print(table)

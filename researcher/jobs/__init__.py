@@ -4,10 +4,12 @@
   :mod:`~researcher.jobs.preprocessing`, :mod:`~researcher.jobs.training`,
   :mod:`~researcher.jobs.plans`: the jobs;
 - :mod:`~researcher.jobs.experiment`: rounds of federated training, under a strategy
-  (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`);
+  (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`),
+  evaluated with a best model (:mod:`~researcher.jobs.evaluation`);
 - :mod:`~researcher.jobs.buffered`: asynchronous training (FedBuff,
   :mod:`~researcher.jobs.fedbuff`), its records (:mod:`~researcher.jobs.buffered_records`)
   and its pool of nodes (:mod:`~researcher.jobs.node_pool`);
+- :mod:`~researcher.jobs.prediction`: a trained model run on the nodes' data;
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
@@ -26,6 +28,13 @@ from researcher.jobs.buffered_records import (
     UpdateStatus,
     VersionRecord,
 )
+from researcher.jobs.evaluation import (
+    BestModel,
+    Evaluation,
+    EvaluationRecord,
+    best_round,
+    metric_goal,
+)
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.fedbuff import (
     STALENESS_WEIGHTS,
@@ -41,6 +50,7 @@ from researcher.jobs.masked import masked_update, unflatten
 from researcher.jobs.node_pool import NodePool
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
+from researcher.jobs.prediction import PredictionJob, PredictionResult
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
 from researcher.jobs.sampling import Sampling, SamplingError, availability
 from researcher.jobs.secagg import SecureAggregation, default_threshold
@@ -62,9 +72,12 @@ __all__ = [
     "SECAGG_REFUSED",
     "STALENESS_WEIGHTS",
     "Arrival",
+    "BestModel",
     "BufferedExperiment",
     "BufferedResult",
     "BufferedUpdate",
+    "Evaluation",
+    "EvaluationRecord",
     "Experiment",
     "ExperimentResult",
     "FARequestJob",
@@ -79,6 +92,8 @@ __all__ = [
     "Job",
     "NodePool",
     "NodeUpdate",
+    "PredictionJob",
+    "PredictionResult",
     "PreprocRequestJob",
     "PreprocResult",
     "PublishedVersion",
@@ -97,6 +112,7 @@ __all__ = [
     "UpdateStatus",
     "VersionRecord",
     "availability",
+    "best_round",
     "buffer_metrics",
     "combine_quantiles",
     "combine_statistics",
@@ -104,6 +120,7 @@ __all__ = [
     "fedavg",
     "make_strategy",
     "masked_update",
+    "metric_goal",
     "open_reply",
     "seal_request",
     "staleness_weight",

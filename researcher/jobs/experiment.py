@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy.typing as npt
 from broker_net.message_base import new_id
 from researcher.errors import RequestError
 from researcher.jobs.aggregation import weighted_metrics
+from researcher.jobs.evaluation import BestModel, Evaluation, EvaluationRecord
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.strategies import FedAvg, NodeUpdate, Strategy
@@ -53,6 +54,7 @@ class RoundRecord:
         sampled: the nodes asked to train in the round.
         skipped: the experiment's nodes that were not available (offline, excluded), with the
             reason; only with a sampling.
+        evaluation: the evaluation of the global model after this round, when one was due.
     """
 
     round: int
@@ -67,16 +69,19 @@ class RoundRecord:
     secure_aggregation: bool = False
     sampled: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    evaluation: EvaluationRecord | None = None
 
 
 @dataclass
 class ExperimentResult:
-    """The final parameters and the record of every round."""
+    """The final parameters, the record of every round and, with an evaluation, the best
+    round's model."""
 
     experiment_id: str
     params: dict[str, npt.NDArray[np.float64]]
     rounds: list[RoundRecord] = field(default_factory=list)
     model_path: Path | None = None
+    best: BestModel | None = None
 
 
 class Experiment:
@@ -110,6 +115,9 @@ class Experiment:
         encrypt_aux_var: encrypt the strategy's optimizer auxiliary variables (SCAFFOLD's
             control variates) for each node, and have the nodes encrypt theirs for the
             researcher; needs security on every party.
+        evaluation: evaluation-only rounds of the global model (every k rounds, at the end, on
+            validation splits or test datasets) and the best round by a metric (see
+            :mod:`researcher.jobs.evaluation`).
     """
 
     def __init__(
@@ -134,6 +142,7 @@ class Experiment:
         strategy: Strategy | None = None,
         sampling: Sampling | None = None,
         encrypt_aux_var: bool = False,
+        evaluation: Evaluation | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -148,6 +157,7 @@ class Experiment:
         self.strategy = strategy if strategy is not None else FedAvg()
         self.sampling = sampling
         self.encrypt_aux_var = encrypt_aux_var
+        self.evaluation = evaluation
         if secagg and not self.strategy.secure_aggregation:
             raise ValueError(
                 f"the {self.strategy.name} strategy cannot run under secure aggregation"
@@ -185,6 +195,9 @@ class Experiment:
         result = ExperimentResult(self.experiment_id, self.params)
         for number in range(first_round, self.rounds + 1):
             record = await self.run_round(number)
+            if self.evaluation is not None and self.evaluation.due(number, self.rounds):
+                record = replace(record, evaluation=await self.evaluation.run(self, number))
+                result.best = self.evaluation.best
             result.rounds.append(record)
             result.params = self.params
             if on_round is not None:
@@ -290,12 +303,15 @@ class Experiment:
         return self.secure_aggregation
 
     def save(self, result: ExperimentResult) -> Path:
-        """Write the final model (``model.npz``) and the round metrics (``rounds.json``)."""
+        """Write the final model (``model.npz``), the best one (``best.npz``) when there was an
+        evaluation, and the round metrics (``rounds.json``)."""
         assert self.output_dir is not None
         folder = self.output_dir / self.experiment_id
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "model.npz"
         np.savez(model_path, **result.params)  # type: ignore[arg-type]
+        if result.best is not None:
+            np.savez(folder / "best.npz", **result.best.params)  # type: ignore[arg-type]
         rounds = [
             {**asdict(record), "timings": {n: asdict(t) for n, t in record.timings.items()}}
             for record in result.rounds

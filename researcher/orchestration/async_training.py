@@ -26,7 +26,7 @@ from researcher.orchestration.task_specs import AsyncTrainingTask
 from training_plans.plan import TrainingPlan
 
 if TYPE_CHECKING:
-    from researcher.orchestration.tasks import TaskContext
+    from researcher.orchestration.task_context import TaskContext
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ import anyio
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.task_context import Approver, TaskContext, TaskError
 from researcher.orchestration.task_specs import ALL_NODES, TaskSpec
-from researcher.orchestration.tasks import Approver, TaskContext, TaskError, run_task
+from researcher.orchestration.tasks import run_task
 from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)

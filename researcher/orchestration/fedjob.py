@@ -48,8 +48,8 @@ from researcher.orchestration.spec import (
 )
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import RoundRow
+from researcher.orchestration.task_context import Approver
 from researcher.orchestration.task_specs import ALL_NODES, SpecError, TaskSpec
-from researcher.orchestration.tasks import Approver
 from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
 from training_plans.plan import TrainingPlan, plan_source

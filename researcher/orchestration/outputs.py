@@ -1,7 +1,8 @@
 """A job's outputs, read from the store as plain data, like FATE Flow's ``flow output``.
 
 - :func:`job_status`: the job, its tasks and every state change;
-- :func:`metrics`: each training round's aggregated and per-node metrics and times;
+- :func:`metrics`: each training round's aggregated and per-node metrics and times, and the
+  evaluation after it, if any;
 - :func:`data`: each task's outputs and each node's answers;
 - :func:`download_model`: copies a training task's model files to a folder;
 - :func:`plot_metrics`: draws the round metrics to a PNG.
@@ -18,6 +19,7 @@ from typing import Any
 
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import TaskRecord
+from researcher.orchestration.trained_models import stored_evaluations
 
 _TRAINING_KINDS = ("training", "async_training")
 """Task kinds with rounds and models; an asynchronous task's model versions are its rounds."""
@@ -42,7 +44,8 @@ def job_status(store: JobStore, job_id: str) -> dict[str, Any]:
 
 
 def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any]:
-    """Round metrics of the job's training tasks (or of ``task``).
+    """Round metrics of the job's training tasks (or of ``task``); a round followed by an
+    evaluation has it under ``evaluation`` (weighted and per-node metrics).
 
     Raises:
         JobNotFoundError: no such job or task.
@@ -58,7 +61,7 @@ def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, 
                 "failed": row.failed, "duration": row.duration, "nodes": {},
             }  # fmt: skip
         for entry in store.node_results(owner, record.name):
-            if entry["round"] in per_round:
+            if entry["round"] in per_round and entry["slot"] == f"round-{entry['round']}":
                 per_round[entry["round"]]["nodes"][entry["node_id"]] = {
                     key: entry[key]
                     for key in ("status", "reason", "metrics", "sample_size", "round_trip",
@@ -66,11 +69,15 @@ def metrics(store: JobStore, job_id: str, task: str | None = None) -> dict[str, 
                 }  # fmt: skip
         if record.kind == "async_training":
             _version_nodes(store, owner, record.name, per_round)
+        for evaluation in stored_evaluations(store, owner, record.name):
+            if evaluation["round"] in per_round:
+                per_round[evaluation["round"]]["evaluation"] = evaluation
         result["tasks"][record.name] = {
             "state": record.state.value,
             "inherited_from": record.inherited_from,
             "step": "version" if record.kind == "async_training" else "round",
             "rounds": [per_round[number] for number in sorted(per_round)],
+            "best": (record.outputs or {}).get("best"),
         }
     return result
 
@@ -88,6 +95,25 @@ def _version_nodes(
         for node, staleness in zip(version["nodes"], version["staleness"], strict=True):
             applied = entry["nodes"].setdefault(node, {"status": "APPLIED", "staleness": []})
             applied["staleness"].append(staleness)
+
+
+def round_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """One round of :func:`metrics` as one map: its training metrics, and those of the
+    evaluation after it prefixed ``eval_``."""
+    evaluation = (entry.get("evaluation") or {}).get("metrics") or {}
+    return {**entry["metrics"], **{f"eval_{k}": v for k, v in evaluation.items()}}
+
+
+def metrics_caption(task: dict[str, Any]) -> str:
+    """What a training task's rounds of :func:`metrics` show, and its best round if any."""
+    step = task.get("step", "round")
+    if step != "round":
+        return f"metrics by {step} (sample-weighted)"
+    caption = "metrics by round (weighted by sample size; eval_: evaluation of the global model)"
+    best = task.get("best")
+    if best:
+        caption += f"; best: round {best['round']} ({best['metric']} {best['value']:.4f})"
+    return caption
 
 
 def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any]:
@@ -119,8 +145,9 @@ def data(store: JobStore, job_id: str, task: str | None = None) -> dict[str, Any
 def download_model(
     store: JobStore, job_id: str, directory: Path, task: str | None = None
 ) -> dict[str, Any]:
-    """Copy a training task's model files (``model.npz``, the final one, and each round's)
-    and its round metrics (``rounds.json``) into ``directory/<job id>_<task>/``.
+    """Copy a training task's model files (``model.npz``, the final one, ``best.npz``, the best
+    evaluated one, and each round's) and its round metrics (``rounds.json``) into
+    ``directory/<job id>_<task>/``.
 
     Raises:
         JobNotFoundError: no such job or task.
@@ -140,6 +167,10 @@ def download_model(
         files.append(str(copied))
     final = target / "model.npz"
     shutil.copyfile(models[max(models)], final)
+    best = (record.outputs or {}).get("best")
+    if best and best["round"] in models:
+        shutil.copyfile(models[best["round"]], target / "best.npz")
+        files.append(str(target / "best.npz"))
     rounds = metrics(store, job_id, record.name)["tasks"][record.name]["rounds"]
     (target / "rounds.json").write_text(json.dumps(rounds, indent=2))
     return {

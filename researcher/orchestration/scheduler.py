@@ -31,7 +31,8 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.startup import JobStart, JobStartError
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import JobRecord, owner_alive, this_process
-from researcher.orchestration.tasks import Approver
+from researcher.orchestration.task_context import Approver
+from researcher.orchestration.trained_models import check_model_refs
 from researcher.requests.router import Requests
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,12 @@ class Scheduler:
         self._created = time.monotonic()
 
     def submit(self, spec: JobSpec) -> JobRecord:
-        """Store ``spec`` as a new waiting job."""
+        """Store ``spec`` as a new waiting job.
+
+        Raises:
+            SpecError: a model it names (warm start, prediction) is unknown.
+        """
+        check_model_refs(self.store, spec)
         return self.store.create_job(spec, researcher_id=self.requests.researcher_id)
 
     async def run_queue(self) -> list[str]:

@@ -14,10 +14,16 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker_net.codes import PreprocStep, PreprocType
-from broker_net.crypto.secagg import MAX_PRECISION_BITS
 from broker_net.topology import check_id
 from researcher.jobs.buffered_records import SECAGG_REFUSED
 from researcher.orchestration.async_spec import FedBuffSpec
+from researcher.orchestration.model_specs import EvaluationSpec, ModelRef
+from researcher.orchestration.round_specs import (
+    SamplingSpec,
+    SecaggSpec,
+    StrategySpec,
+    secagg_settings,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -130,44 +136,6 @@ SECURE_STATISTICS = frozenset({"count", "missing", "sum", "mean", "variance", "s
 """The statistics an analytics task computes under secure aggregation (sums of the nodes')."""
 
 
-class SecaggSpec(BaseModel):
-    """Secure aggregation of a task, ``secagg: true`` or its settings, e.g.
-    ``{value_range: 1000, precision_bits: 60}``; unset settings take the defaults.
-
-    ``value_range``: every value (an analytics column's, or a trained parameter) lies within
-    ±value_range, else the node refuses (analytics default 2**40, training 1000).
-    ``precision_bits``: values are kept to multiples of 2**-precision_bits (analytics default:
-    90 bits below the range's leading bit, training 20). ``max_rows`` (analytics, default
-    2**32) bounds a node's rows and ``max_weight`` (training, default 2**20) its sample size.
-    The ring the masked sums live in grows to hold them (up to 512 bits).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    value_range: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    precision_bits: int | None = Field(default=None, ge=0, le=MAX_PRECISION_BITS)
-    max_rows: int | None = Field(default=None, ge=1, description="Analytics only.")
-    max_weight: int | None = Field(default=None, ge=1, description="Training only.")
-
-    def analytics_options(self) -> dict[str, Any]:
-        """What :class:`~researcher.jobs.analytics.FARequestJob` takes as ``secagg_options``."""
-        return self.model_dump(exclude={"max_weight"}, exclude_none=True)
-
-    def training_options(self) -> dict[str, Any]:
-        """What :class:`~researcher.jobs.experiment.Experiment` takes as ``secagg_options``."""
-        options = self.model_dump(exclude={"max_rows", "value_range"}, exclude_none=True)
-        if self.value_range is not None:
-            options["clipping_range"] = self.value_range
-        return options
-
-
-def secagg_settings(value: bool | SecaggSpec) -> SecaggSpec | None:
-    """The settings of a task's ``secagg`` field, ``None`` when it is off."""
-    if isinstance(value, SecaggSpec):
-        return value
-    return SecaggSpec() if value else None
-
-
 class AnalyticsTask(_Task):
     """Federated statistics over each node's dataset, pooled exactly by the researcher.
 
@@ -257,80 +225,16 @@ class PlanCheckTask(_Task):
     output_keys: ClassVar[frozenset[str]] = frozenset({"statuses", "approved"})
 
 
-class StrategySpec(BaseModel):
-    """The strategy of a training task (:mod:`researcher.jobs.strategies`), e.g.
-    ``{name: fedadam, server_learning_rate: 0.1}`` or ``{name: fedprox, mu: 0.01}``; unset
-    settings take the strategy's defaults (η 0.1, β1 0.9, β2 0.99, τ 1e-3; FedProx μ 0.01;
-    SCAFFOLD η 1 over all the task's nodes). ``encrypt_aux_var`` encrypts the auxiliary
-    variables (SCAFFOLD's control variates) for one party each way."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["fedavg", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold"] = "fedavg"
-    server_learning_rate: float | None = Field(default=None, gt=0, description="η")
-    beta_1: float | None = Field(default=None, ge=0, lt=1, description="β1, momentum")
-    beta_2: float | None = Field(default=None, ge=0, lt=1, description="β2 (Adam, Yogi)")
-    tau: float | None = Field(default=None, gt=0, description="τ, adaptivity")
-    mu: float | None = Field(default=None, ge=0, description="FedProx's proximal weight μ")
-    n_nodes: int | None = Field(default=None, ge=1, description="SCAFFOLD's N")
-    encrypt_aux_var: bool = Field(default=False, description="Encrypt auxiliary variables.")
-
-    @model_validator(mode="after")
-    def _settings_fit(self) -> Self:
-        allowed = _STRATEGY_SETTINGS[self.name]
-        extra = sorted(set(self.settings()) - allowed)
-        if extra:
-            raise ValueError(f"{self.name} takes no {', '.join(extra)}")
-        return self
-
-    def settings(self) -> dict[str, float]:
-        """The strategy's settings given, by name."""
-        return self.model_dump(exclude={"name", "encrypt_aux_var"}, exclude_none=True)
-
-
-_ADAPTIVE = {"server_learning_rate", "beta_1", "beta_2", "tau"}
-_STRATEGY_SETTINGS: dict[str, set[str]] = {
-    "fedavg": set(),
-    "fedadagrad": _ADAPTIVE - {"beta_2"},
-    "fedadam": _ADAPTIVE,
-    "fedyogi": _ADAPTIVE,
-    "fedprox": {"mu"},
-    "scaffold": {"server_learning_rate", "n_nodes"},
-}
-
-
-class SamplingSpec(BaseModel):
-    """Client sampling of a training task (:class:`researcher.jobs.sampling.Sampling`), e.g.
-    ``{fraction: 0.5, seed: 1, min_nodes: 2, mandatory: [site-1]}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fraction: float | None = Field(default=None, gt=0, le=1, description="Share of nodes.")
-    count: int | None = Field(default=None, ge=1, description="Or a number of nodes.")
-    seed: int | None = Field(default=None, description="Same seed, same choices.")
-    min_nodes: int = Field(default=1, ge=1, description="Available nodes a round needs.")
-    mandatory: list[str] = Field(default_factory=list, description="Taken when available.")
-    exclude: list[str] = Field(default_factory=list, description="Never taken.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.fraction is not None and self.count is not None:
-            raise ValueError("give a fraction or a count of nodes, not both")
-        for node in (*self.mandatory, *self.exclude):
-            check_id("node id", node)
-        both = sorted(set(self.mandatory) & set(self.exclude))
-        if both:
-            raise ValueError(f"nodes both mandatory and excluded: {both}")
-        return self
-
-
 class TrainingTask(_Task):
     """Rounds of a training plan over the nodes' datasets, under a strategy (default FedAvg)
-    and optionally a client sampling.
+    and optionally a client sampling, an evaluation and a warm start (``initial_model``).
 
     Outputs: ``rounds`` (rounds run), ``metrics`` (the last round's metrics, weighted by
-    sample size), ``model`` (the final model file, relative to the job's folder) and
-    ``parameters`` (the model's parameter names and shapes).
+    sample size), ``model`` (the final model file, relative to the job's folder),
+    ``parameters`` (the model's parameter names and shapes), with an evaluation
+    ``evaluations`` (each evaluated round's weighted and per-node metrics) and ``best`` (the
+    best round by the evaluation's metric, its value and model file), and with a warm start
+    ``initial_model`` (the job, task, round and file it started from).
     """
 
     kind: Literal["training"] = "training"
@@ -350,6 +254,16 @@ class TrainingTask(_Task):
     secagg: bool | SecaggSpec = Field(
         default=False, description="Aggregate masked updates; the researcher sees the mean only."
     )
+    evaluation: EvaluationSpec | None = None
+    initial_model: ModelRef | None = Field(
+        default=None, description="Start from this trained model instead of a new one."
+    )
+
+    @property
+    def upstream(self) -> list[str]:
+        """As any task's, and this job's training task whose model it starts from."""
+        refs = self.initial_model.upstream if self.initial_model else []
+        return list(dict.fromkeys([*super().upstream, *refs]))
 
     @model_validator(mode="after")
     def _secagg_settings(self) -> Self:
@@ -359,7 +273,39 @@ class TrainingTask(_Task):
         return self
 
     input_roots: ClassVar[frozenset[str]] = frozenset({"training_args", "model_args", "state_ids"})
-    output_keys: ClassVar[frozenset[str]] = frozenset({"rounds", "metrics", "model", "parameters"})
+    output_keys: ClassVar[frozenset[str]] = frozenset(
+        {"rounds", "metrics", "model", "parameters", "evaluations", "best", "initial_model"}
+    )
+
+
+class PredictionTask(_Task):
+    """A trained ``model`` run on each node's dataset (the job's, or ``datasets``: node ->
+    dataset id). The predictions stay on the node as a new registered dataset with its
+    provenance; only a summary comes back. The plan and ``model_args`` default to those of the
+    model's training task.
+
+    Outputs: ``datasets`` (node -> the new prediction dataset's id), ``summaries`` (node ->
+    rows, and class counts or mean and std), ``n_rows`` (over the nodes) and ``model`` (the
+    job, task and round of the model used).
+    """
+
+    kind: Literal["prediction"] = "prediction"
+    model: ModelRef
+    plan: str | None = Field(default=None, description="Default: the training task's plan.")
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="Node id -> dataset id; default: the job's datasets."
+    )
+    state_ids: dict[str, str | None] = Field(default_factory=dict)
+    encrypt_params: bool = Field(default=False, description="Encrypt the model for each node.")
+
+    input_roots: ClassVar[frozenset[str]] = frozenset({"model_args", "state_ids", "datasets"})
+    output_keys: ClassVar[frozenset[str]] = frozenset({"datasets", "summaries", "n_rows", "model"})
+
+    @property
+    def upstream(self) -> list[str]:
+        """As any task's, and this job's training task whose model it runs."""
+        return list(dict.fromkeys([*super().upstream, *self.model.upstream]))
 
 
 class AsyncTrainingTask(_Task):
@@ -398,7 +344,8 @@ TaskSpec: TypeAlias = Annotated[
     | PlanApprovalTask
     | PlanCheckTask
     | TrainingTask
-    | AsyncTrainingTask,
+    | AsyncTrainingTask
+    | PredictionTask,
     Field(discriminator="kind"),
-]
+]  # fmt: skip
 """Any task, told apart by its ``kind``."""

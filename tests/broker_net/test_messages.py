@@ -337,7 +337,7 @@ def test_replies_echo_their_request_fields() -> None:
 
 
 def test_message_types_are_keyed_by_their_type_tag() -> None:
-    assert len(MESSAGE_TYPES) == 21
+    assert len(MESSAGE_TYPES) == 23
     for tag, cls in MESSAGE_TYPES.items():
         assert cls.model_fields["type"].default == tag
     assert set(MESSAGE_TYPES.values()) == (

@@ -10,8 +10,9 @@ import pytest
 
 from researcher.orchestration.fedjob import FedJob
 from researcher.orchestration.lifecycle import State
+from researcher.orchestration.round_specs import SecaggSpec
 from researcher.orchestration.spec import JobSpec
-from researcher.orchestration.task_specs import SecaggSpec, SpecError
+from researcher.orchestration.task_specs import SpecError
 from simulation.federation import simulate
 from tests.simulation.test_strategy_spec import spec_text
 

@@ -1,5 +1,6 @@
 """The ready MLP and scikit-learn plans on their own: parameters round-trip through get and set,
-the MLP's gradients match finite differences, and what each supports of FedProx and SCAFFOLD."""
+the MLP's gradients match finite differences, what each supports of FedProx and SCAFFOLD, and
+predictions that agree with evaluate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from training_plans.corrections import check_supported
 from training_plans.linear import SklearnLinearPlan
+from training_plans.logistic import LogisticRegressionPlan
 from training_plans.mlp import MLPPlan
 from training_plans.plan import TrainingPlan
 
@@ -110,3 +112,37 @@ def test_what_each_plan_supports() -> None:
         check_supported(MLPPlan.supports, {"fedprox_mu": -1}, {})
     with pytest.raises(ValueError, match="unknown estimator"):
         SklearnLinearPlan().init_model({"n_features": 2, "estimator": "RandomForestClassifier"})
+
+
+@pytest.mark.parametrize(("cls", "model_args"), PLANS)
+def test_predictions_agree_with_evaluate(
+    cls: type[TrainingPlan], model_args: dict[str, Any]
+) -> None:
+    n_classes = len(model_args.get("classes", [])) or int(model_args.get("n_classes", 2))
+    x, y = _data(n_classes)
+    plan = cls()
+    plan.init_model({"n_features": x.shape[1], **model_args})
+    plan.train(x, y, {"epochs": 5, "learning_rate": 0.1})
+    predicted = plan.predict(x)
+    assert predicted.shape == (len(x),) and predicted.dtype == np.float64
+    metrics = plan.evaluate(x, y)
+    if plan.is_classifier():
+        assert set(np.unique(predicted)) <= set(range(n_classes))
+        assert float(np.mean(predicted == y)) == pytest.approx(metrics["accuracy"])
+    else:
+        assert float(np.mean((predicted - y) ** 2)) == pytest.approx(metrics["loss"])
+
+
+def test_the_logistic_plan_predicts_classes_and_the_base_plan_does_not_predict() -> None:
+    x, y = _data()
+    plan = LogisticRegressionPlan()
+    plan.init_model({"n_features": x.shape[1]})
+    plan.train(x, y, {"epochs": 5})
+    assert plan.is_classifier()
+    assert float(np.mean(plan.predict(x) == y)) == pytest.approx(plan.evaluate(x, y)["accuracy"])
+
+    class Silent(LogisticRegressionPlan):
+        predict = TrainingPlan.predict
+
+    with pytest.raises(NotImplementedError, match="Silent does not implement predict"):
+        Silent().predict(x)
