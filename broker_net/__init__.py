@@ -76,6 +76,7 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
+from broker_net.progress_messages import ProgressMessage
 from broker_net.topology import DEFAULT_NAMESPACE, ExchangeSpec, QueueSpec, Topology, check_id
 from broker_net.transport import Delivery, TransferProgress, Transport
 from broker_net.version import PROTOCOL_VERSION, __version__
@@ -128,6 +129,7 @@ __all__ = [
     "PreprocRequest",
     "PreprocStep",
     "PreprocType",
+    "ProgressMessage",
     "ProtocolVersionError",
     "PublicIdentity",
     "PublishError",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from broker_net.codes import ErrorCode, PreprocStep, PreprocType, TrainingPlanStatus
 from broker_net.message_base import MessageBase, ReplyBase, RequestBase, utc_now
+from broker_net.progress_messages import ProgressMessage
 
 
 class DatasetInfo(BaseModel):
@@ -354,7 +355,7 @@ ReplyMessage: TypeAlias = (
     | ApprovalReply | SecaggReply | CancelReply
 )  # fmt: skip
 AnyMessage: TypeAlias = Annotated[
-    RequestMessage | ReplyMessage | Heartbeat | ErrorMessage,
+    RequestMessage | ReplyMessage | Heartbeat | ErrorMessage | ProgressMessage,
     Field(discriminator="type"),
 ]
 
@@ -364,7 +365,7 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
         PingRequest, PingReply, ListRequest, ListReply, FARequest, FAReply, PreprocRequest,
         PreprocReply, TrainRequest, TrainReply, TrainingPlanStatusRequest,
         TrainingPlanStatusReply, ApprovalRequest, ApprovalReply, SecaggRequest, SecaggReply,
-        CancelRequest, CancelReply, Heartbeat, ErrorMessage,
+        CancelRequest, CancelReply, Heartbeat, ErrorMessage, ProgressMessage,
     )
 }  # fmt: skip
 """Every message class by its ``type`` tag."""

@@ -72,6 +72,7 @@ from broker_net.messages import (
     TrainReply,
     TrainRequest,
 )
+from broker_net.progress_messages import PROGRESS_EXPIRATION, ProgressMessage
 from broker_net.topology import Topology
 from broker_net.transport import Delivery, OutgoingMessage, Transport
 from broker_net.version import PROTOCOL_VERSION
@@ -526,6 +527,17 @@ def messages() -> list[Any]:
             cancelled=True,
             state="running",
         ),
+        ProgressMessage(
+            request_id=request_id(5),
+            researcher_id=RESEARCHER,
+            node_id=NODE,
+            node_name="Hospital A",
+            experiment_id=EXPERIMENT,
+            round=2,
+            sequence=3,
+            sent_at=stamp(1700000030.5),
+            values={"iteration": 40.0, "loss": 0.25},
+        ),
     ]
 
 
@@ -572,6 +584,8 @@ class Route:
                 True,
                 None,
             )
+            if kind == "progress":
+                self.persistent, self.expiration = False, PROGRESS_EXPIRATION
 
 
 def amqp_properties(outgoing: OutgoingMessage) -> dict[str, Any]:
@@ -667,7 +681,9 @@ def envelopes_file() -> dict[str, Any]:
             "`message` is the body map in wire order, `body` its msgpack bytes, `header` the "
             "envelope header map as sealed and `header_bytes` its exact bytes (what auth "
             "covers), `envelope` the whole AMQP body, `amqp` what it is published with. "
-            f"Requests are framed with an expiration of {REQUEST_EXPIRATION:g} s."
+            f"Requests are framed with an expiration of {REQUEST_EXPIRATION:g} s; progress "
+            f"goes like a reply but not persistent, with an expiration of "
+            f"{PROGRESS_EXPIRATION:g} s."
         ),
         "protocol_version": PROTOCOL_VERSION,
         "namespace": NAMESPACE,

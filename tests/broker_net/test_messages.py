@@ -30,6 +30,7 @@ from broker_net.messages import (
     TrainRequest,
     message_adapter,
 )
+from broker_net.progress_messages import ProgressMessage
 from broker_net.version import PROTOCOL_VERSION
 
 FA_IDS = {"researcher_id": "alice", "experiment_id": "exp", "fa_id": "fa1", "dataset_id": "ds"}
@@ -336,11 +337,13 @@ def test_replies_echo_their_request_fields() -> None:
 
 
 def test_message_types_are_keyed_by_their_type_tag() -> None:
-    assert len(MESSAGE_TYPES) == 20
+    assert len(MESSAGE_TYPES) == 21
     for tag, cls in MESSAGE_TYPES.items():
         assert cls.model_fields["type"].default == tag
     assert set(MESSAGE_TYPES.values()) == (
-        _union_members(RequestMessage) | _union_members(ReplyMessage) | {Heartbeat, ErrorMessage}
+        _union_members(RequestMessage)
+        | _union_members(ReplyMessage)
+        | {Heartbeat, ErrorMessage, ProgressMessage}
     )
 
 

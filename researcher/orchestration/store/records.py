@@ -165,6 +165,33 @@ class RoundRow:
     ended_at: str
 
 
+@dataclass(frozen=True)
+class ProgressRecord:
+    """One progress update a node sent while a task's round ran.
+
+    Attributes:
+        id: its place in the store, increasing; 0 when not stored yet.
+        at: when the node sent it (node clock).
+        values: the scalars the plan reported (iteration, loss...).
+    """
+
+    id: int
+    job_id: str
+    task: str
+    round: int
+    node_id: str
+    request_id: str
+    at: datetime
+    values: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "id": self.id, "task": self.task, "round": self.round, "node_id": self.node_id,
+            "request_id": self.request_id, "at": self.at.isoformat(), "values": self.values,
+        }  # fmt: skip
+
+
 def now_text() -> str:
     """The current UTC time as ISO text, as the store writes it."""
     return datetime.now(UTC).isoformat()
