@@ -7,6 +7,7 @@
   (:mod:`~researcher.jobs.strategies`) and a client sampling (:mod:`~researcher.jobs.sampling`);
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
+- :mod:`~researcher.jobs.monitor`: the callbacks watching the nodes' progress;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
   the nodes answered.
 """
@@ -16,6 +17,7 @@ from researcher.jobs.analytics import FARequestJob, FAResult
 from researcher.jobs.base import Job
 from researcher.jobs.experiment import Experiment, ExperimentResult, RoundRecord
 from researcher.jobs.masked import masked_update, unflatten
+from researcher.jobs.monitor import MonitorCallback, ProgressMonitor
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob, PreprocResult
@@ -46,9 +48,11 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "Job",
+    "MonitorCallback",
     "NodeUpdate",
     "PreprocRequestJob",
     "PreprocResult",
+    "ProgressMonitor",
     "RoundRecord",
     "Sampling",
     "SamplingError",

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from broker_net.message_base import new_id
 from researcher.errors import RequestError
 from researcher.jobs.aggregation import weighted_metrics
+from researcher.jobs.monitor import MonitorCallback, ProgressMonitor, monitored, monitoring
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.strategies import FedAvg, NodeUpdate, Strategy
@@ -110,6 +111,9 @@ class Experiment:
         encrypt_aux_var: encrypt the strategy's optimizer auxiliary variables (SCAFFOLD's
             control variates) for each node, and have the nodes encrypt theirs for the
             researcher; needs security on every party.
+        monitor: called with each node's progress during the rounds (a
+            :class:`~researcher.requests.progress.ProgressEvent`), a function or a coroutine
+            function, in a task of its own; see :mod:`researcher.jobs.monitor`.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Experiment:
         strategy: Strategy | None = None,
         sampling: Sampling | None = None,
         encrypt_aux_var: bool = False,
+        monitor: MonitorCallback | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -143,6 +148,7 @@ class Experiment:
         self.plan = plan
         self.source = source if source is not None else plan_source(plan)
         self.hooks = hooks
+        self.monitor = ProgressMonitor(monitor) if monitor is not None else None
         self.secagg = secagg
         self.secagg_options = dict(secagg_options or {})
         self.strategy = strategy if strategy is not None else FedAvg()
@@ -219,12 +225,13 @@ class Experiment:
             model_args=self.model_args,
             state_ids=self.state_ids,
             policies=self.policies,
-            hooks=self.hooks(number) if self.hooks is not None else None,
+            hooks=monitored(self.hooks(number) if self.hooks else None, self.monitor),
             secagg_arguments=(
                 dict.fromkeys(nodes, secagg.arguments(number - 1)) if secagg else None
             ),
         )
-        outcome = await job.execute()
+        async with monitoring(self.monitor):
+            outcome = await job.execute()
         usable = {n: r for n, r in outcome.replies.items() if r.params and r.sample_size}
         if len(usable) < self.min_replies:
             raise RequestError(

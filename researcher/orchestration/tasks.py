@@ -28,10 +28,12 @@ from broker_net.codes import PreprocStep, TrainingPlanStatus
 from researcher.errors import RequestError
 from researcher.jobs.analytics import FARequestJob
 from researcher.jobs.experiment import Experiment, RoundRecord
+from researcher.jobs.monitor import MonitorCallback
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
 from researcher.jobs.preprocessing import PreprocRequestJob
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.strategies import make_strategy
+from researcher.orchestration.progress_recorder import task_monitor
 from researcher.orchestration.spec import JobSpec, PlanSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
@@ -73,6 +75,7 @@ class TaskContext:
         nodes: the nodes the task runs on.
         datasets: each node's dataset id.
         approver: approves plans as the nodes' operators would (simulations only).
+        monitor: also receives the progress of training rounds, which the store keeps.
     """
 
     requests: Requests
@@ -84,6 +87,7 @@ class TaskContext:
     nodes: list[str]
     datasets: dict[str, str]
     approver: Approver | None = None
+    monitor: MonitorCallback | None = None
 
     @property
     def node_datasets(self) -> dict[str, str]:
@@ -324,7 +328,7 @@ async def _training(ctx: TaskContext, task: TrainingTask) -> dict[str, Any]:
         min_replies=task.min_replies or (sampling.min_nodes if sampling else len(ctx.nodes)),
         experiment_id=f"{job_id}.{task.name}", initial_params=initial,
         hooks=lambda number: ctx.hooks(f"round-{number}"), strategy=strategy, sampling=sampling,
-        encrypt_aux_var=task.strategy.encrypt_aux_var,
+        encrypt_aux_var=task.strategy.encrypt_aux_var, monitor=task_monitor(ctx),
         secagg=(secagg := secagg_settings(task.secagg)) is not None,
         secagg_options=secagg.training_options() if secagg else None,
     )  # fmt: skip
