@@ -64,7 +64,7 @@ class Dispatcher:
         # The event a duplicate waits on is made only when a duplicate comes.
         self._inflight: dict[str, anyio.Event | None] = {}
         self.cancels = Cancellations()
-        self.progress = ProgressForwarding(replier)
+        self.progress = ProgressForwarding(replier, context.settings.progress_interval)
 
     async def handle_safely(self, delivery: Delivery) -> None:
         """Handle ``delivery``; a bug here dead-letters it instead of taking the agent down."""

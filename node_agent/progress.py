@@ -37,7 +37,8 @@ from training_plans.progress import progress_values
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.5
-"""Seconds between two progress messages of one request, by default."""
+"""Seconds between two progress messages of one request, by default (the node's
+``progress_interval`` setting)."""
 PUBLISH_DEADLINE = 2.0
 """Seconds a progress message may take to publish before it is given up."""
 
@@ -137,7 +138,8 @@ class ProgressForwarding:
 
     Args:
         replier: the node's reply sender (transport, topology, keys, node id).
-        interval: seconds between two progress messages of one request.
+        interval: seconds between two progress messages of one request; 0 sends none (the
+            plans' reports then go nowhere).
     """
 
     def __init__(self, replier: ReplySender, interval: float = PROGRESS_INTERVAL) -> None:
@@ -151,7 +153,7 @@ class ProgressForwarding:
         sent (within :data:`PUBLISH_DEADLINE`) before the block's caller goes on; when it
         fails or is cancelled, the forwarder stops at once."""
         reply_to = None
-        if isinstance(message, TrainRequest):
+        if isinstance(message, TrainRequest) and self.interval > 0:
             reply_to = self.replier.address(incoming.delivery, incoming.header)
         if not reply_to:
             yield

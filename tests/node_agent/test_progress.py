@@ -14,16 +14,23 @@ import pytest
 
 import node_agent.progress as progress_module
 from broker_net.codec import decode_message
-from broker_net.envelope import unseal
-from broker_net.messages import TrainRequest
+from broker_net.envelope import EnvelopeHeader, unseal
+from broker_net.frames import frame
+from broker_net.memory import MemoryBroker, MemoryTransport
+from broker_net.messages import TrainReply, TrainRequest
 from broker_net.progress_messages import PROGRESS_EXPIRATION, ProgressMessage
 from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
 from node_agent._plan_worker import PROGRESS_INTERVAL
+from node_agent.agent import NodeAgent
 from node_agent.datasets import Table
 from node_agent.progress import ProgressForwarder
 from node_agent.replier import ReplySender
 from node_agent.runner import run_training
+from node_agent.settings import NodeSettings
+from simulation.demo_setup import register_demo_shard
+from tests.support.progress_plans import SlowPlan
+from training_plans.plan import plan_source
 
 pytestmark = pytest.mark.anyio
 TOPOLOGY = Topology("progress")
@@ -160,3 +167,33 @@ async def test_closing_a_forwarder_sends_its_last_report(tmp_path: Path) -> None
         forwarder.close()
     (last,) = broker.messages()
     assert last.values == {"iteration": 7.0}
+
+
+async def test_a_node_set_to_send_no_progress_sends_none(tmp_path: Path) -> None:
+    entry, _ = register_demo_shard(tmp_path / "n1", 0, 1)
+    settings = NodeSettings(
+        node_id="n1", data_dir=tmp_path / "n1", namespace=TOPOLOGY.namespace, security=False,
+        require_approval=False, progress_interval=0,
+    )  # fmt: skip
+    request = TrainRequest(
+        researcher_id="alice", experiment_id="e", round=1, dataset_id=entry.dataset_id,
+        training_plan=plan_source(SlowPlan), training_plan_class="SlowPlan",
+        training_args={"seconds": 1.0}, model_args={"n_features": 30},
+    )  # fmt: skip
+    broker = MemoryBroker()
+    async with MemoryTransport(broker) as researcher_side, MemoryTransport(broker) as node_side:
+        queue = TOPOLOGY.researcher_queue("alice")
+        await researcher_side.declare(*TOPOLOGY.researcher_declarations("alice"))
+        async with NodeAgent(settings, node_side, shutdown_grace=1):
+            header = EnvelopeHeader.for_message(
+                request, sender_id="alice", sender_role="researcher", recipient="n1"
+            )
+            await researcher_side.publish(
+                TOPOLOGY.requests_exchange.name, "n1", frame(header, request, reply_to=queue.name)
+            )
+            async with researcher_side.consume(queue) as deliveries:
+                async for delivery in deliveries:  # the first message is the reply
+                    first = decode_message(unseal(delivery.body).body)
+                    await delivery.ack()
+                    break
+    assert isinstance(first, TrainReply) and first.success
