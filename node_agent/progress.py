@@ -162,14 +162,18 @@ class ProgressForwarding:
             self.replier, message, reply_to, incoming.header.sender_id, self.interval
         )
         token = _current.set(forwarder)
+        failure: Exception | None = None
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(forwarder.run)
                 try:
                     yield
-                except BaseException:
+                except Exception as exc:  # raised as is below, not in an exception group
+                    failure = exc
                     group.cancel_scope.cancel()
-                    raise
-                forwarder.close()
+                else:
+                    forwarder.close()
         finally:
             _current.reset(token)
+        if failure is not None:
+            raise failure

@@ -74,21 +74,24 @@ class ProgressMonitor:
         send, receive = anyio.create_memory_object_stream[ProgressEvent](self.buffer)
         drained = anyio.Event()
         self._send = send
+        failure: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._pump, receive, drained)
             try:
                 yield
-            except BaseException:
-                group.cancel_scope.cancel()
-                raise
+            except Exception as exc:  # raised as is below, not in an exception group
+                failure = exc
             finally:
                 self._send = None
                 send.close()
-            with anyio.move_on_after(DRAIN_TIMEOUT) as drain:
-                await drained.wait()
-            if drain.cancelled_caught:
-                logger.warning("the monitor did not keep up; its last events are dropped")
+            if failure is None:
+                with anyio.move_on_after(DRAIN_TIMEOUT) as drain:
+                    await drained.wait()
+                if drain.cancelled_caught:
+                    logger.warning("the monitor did not keep up; its last events are dropped")
             group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _pump(
         self, receive: MemoryObjectReceiveStream[ProgressEvent], drained: anyio.Event

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -14,6 +15,7 @@ import pytest
 
 import node_agent.progress as progress_module
 from broker_net.codec import decode_message
+from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, unseal
 from broker_net.frames import frame
 from broker_net.memory import MemoryBroker, MemoryTransport
@@ -23,8 +25,9 @@ from broker_net.topology import Topology
 from broker_net.transport import OutgoingMessage
 from node_agent._plan_worker import PROGRESS_INTERVAL
 from node_agent.agent import NodeAgent
+from node_agent.context import HandlerError
 from node_agent.datasets import Table
-from node_agent.progress import ProgressForwarder
+from node_agent.progress import ProgressForwarder, ProgressForwarding, current_progress
 from node_agent.replier import ReplySender
 from node_agent.runner import run_training
 from node_agent.settings import NodeSettings
@@ -197,3 +200,27 @@ async def test_a_node_set_to_send_no_progress_sends_none(tmp_path: Path) -> None
                     await delivery.ack()
                     break
     assert isinstance(first, TrainReply) and first.success
+
+
+async def test_a_handlers_error_leaves_the_forwarding_as_it_is(tmp_path: Path) -> None:
+    broker = Broker()
+    forwarder = _forwarder(tmp_path, broker)
+    forwarding = ProgressForwarding(forwarder.replier, interval=3600)
+    incoming = SimpleNamespace(
+        delivery=SimpleNamespace(reply_to=REPLY_QUEUE), header=SimpleNamespace(sender_id="alice")
+    )
+    with pytest.raises(HandlerError) as raised:
+        async with forwarding.forwarding(forwarder.request, incoming):  # type: ignore[arg-type]
+            report = current_progress()
+            assert report is not None
+            report({"iteration": 1})
+            raise HandlerError(ErrorCode.PLAN_FAILED, "the plan failed")
+    assert raised.value.code is ErrorCode.PLAN_FAILED
+    assert current_progress() is None
+    assert broker.published == []  # a failed round's last report is not sent
+
+    async with forwarding.forwarding(forwarder.request, incoming):  # type: ignore[arg-type]
+        report = current_progress()
+        assert report is not None
+        report({"iteration": 2})
+    assert [m.values for m in broker.messages()] == [{"iteration": 2.0}]

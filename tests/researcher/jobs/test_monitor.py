@@ -92,3 +92,11 @@ def test_monitored_hooks_keep_what_they_had() -> None:
     assert (merged.request_id, merged.on_progress) == ("request_1", watcher.offer)
     assert monitored(hooks, None) is hooks
     assert monitored(None, watcher) == RequestHooks(on_progress=watcher.offer)
+
+
+async def test_an_error_of_the_round_comes_out_as_it_is() -> None:
+    watcher = ProgressMonitor(lambda event: None)
+    with pytest.raises(KeyError):
+        async with watcher.running():
+            watcher.offer(_event(0))
+            raise KeyError("the round failed")

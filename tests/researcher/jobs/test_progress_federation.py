@@ -24,12 +24,13 @@ from researcher.jobs.experiment import Experiment
 from researcher.orchestration.fedjob import FedJob
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
-from researcher.orchestration.task_specs import TrainingTask
+from researcher.orchestration.task_specs import PlanApprovalTask, TrainingTask
 from researcher.requests.policies import DiscardOnStall, DiscardOnTimeout
 from researcher.requests.progress import ProgressEvent
 from researcher.requests.router import Requests
 from simulation.demo_plan import BreastCancerPlan
 from simulation.demo_setup import register_demo_shard
+from simulation.federation import simulate_async
 from tests.support.progress_plans import SlowPlan
 
 pytestmark = pytest.mark.anyio
@@ -47,9 +48,10 @@ class Federation:
 
 @asynccontextmanager
 async def federation(
-    make_transport: Callable[..., Any], topology: Topology, root: Path
+    make_transport: Callable[..., Any], topology: Topology, root: Path, **node_settings: Any
 ) -> AsyncIterator[Federation]:
-    """Two node agents with demo shards and an authenticated researcher, trusting each other."""
+    """Two node agents with demo shards and an authenticated researcher, trusting each other;
+    ``node_settings`` are the nodes' own."""
     datasets = {}
     for index, node in enumerate(NODES):
         entry, _ = register_demo_shard(root / node, index, len(NODES))
@@ -63,7 +65,7 @@ async def federation(
         for node in NODES:
             settings = NodeSettings(
                 node_id=node, data_dir=root / node, namespace=topology.namespace,
-                require_approval=False, heartbeat_interval=0.5,
+                require_approval=False, heartbeat_interval=0.5, **node_settings,
             )  # fmt: skip
             transport = await stack.enter_async_context(make_transport(node))
             await stack.enter_async_context(NodeAgent(settings, transport, shutdown_grace=1))
@@ -111,20 +113,28 @@ async def test_a_slow_node_that_reports_progress_is_not_timed_out(
         await anyio.lowlevel.checkpoint()
         events.append(event)
 
-    async with federation(make_transport, topology, tmp_path) as fed:
-        # Silent, the node would time out after 3 s; its plan trains for 6 s.
-        experiment = Experiment(
-            fed.requests, plan=SlowPlan, datasets={"n1": fed.datasets["n1"]}, rounds=1,
-            training_args={"seconds": 6.0}, model_args={"n_features": 30},
-            policies=[DiscardOnTimeout(3), DiscardOnStall(3)], monitor=monitor,
-        )  # fmt: skip
-        record = await experiment.run_round(1)
+    async with federation(make_transport, topology, tmp_path, plan_workers=1) as fed:
+
+        def experiment(seconds: float, timeout: float) -> Experiment:
+            return Experiment(
+                fed.requests, plan=SlowPlan, datasets={"n1": fed.datasets["n1"]}, rounds=1,
+                training_args={"seconds": seconds}, model_args={"n_features": 30},
+                policies=[DiscardOnTimeout(timeout), DiscardOnStall(timeout)],
+                experiment_id="slow", monitor=monitor,
+            )  # fmt: skip
+
+        # A first round starts the plan's warm process, however long that takes.
+        assert (await experiment(0.0, 60).run_round(1)).failed == {}
+        events.clear()
+        # Silent, the node would time out after 4 s; its plan now trains for 8 s.
+        record = await experiment(8.0, 4).run_round(2)
 
     assert record.failed == {}
     assert record.nodes == ["n1"]
     assert record.timings["n1"].round_trip is not None
-    assert record.timings["n1"].round_trip > 6.0
+    assert record.timings["n1"].round_trip > 8.0
     assert len(events) >= 2
+    assert {event.round for event in events} == {2}
 
 
 async def test_a_fedjob_keeps_its_progress_in_the_store_and_calls_its_monitor(
@@ -163,3 +173,20 @@ async def test_a_fedjob_keeps_its_progress_in_the_store_and_calls_its_monitor(
         (r.request_id, r.node_id, r.values) for r in records
     ]
     assert [r.at for r in records] == [e.sent_at for e in seen]
+
+
+async def test_a_simulated_job_calls_its_monitor(tmp_path: Path) -> None:
+    seen: list[ProgressEvent] = []
+    job = FedJob("simulated-progress")
+    plan = job.plan(BreastCancerPlan)
+    job.to_nodes(PlanApprovalTask(name="approve", plan=plan))
+    job.to_nodes(
+        TrainingTask(
+            name="train", plan=plan, rounds=1, training_args=TRAINING_ARGS,
+            model_args={"n_features": 30}, depends_on=["approve"],
+        )
+    )  # fmt: skip
+    result = await simulate_async(job, 2, workspace=tmp_path, monitor=seen.append)
+    assert result.state is State.SUCCESS, result.reason
+    assert {event.node_id for event in seen} == {"site-1", "site-2"}
+    assert all(event.round == 1 and "loss" in event.values for event in seen)
