@@ -24,7 +24,7 @@ from simulation.demo_setup import register_demo_shard
 from tests.support.progress_plans import SlowPlan
 from training_plans.plan import plan_source
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio, pytest.mark.slow]
 
 
 async def test_unread_progress_expires_and_never_holds_up_the_training(

@@ -33,7 +33,7 @@ from simulation.demo_setup import register_demo_shard
 from simulation.federation import simulate_async
 from tests.support.progress_plans import SlowPlan
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 RESEARCHER = "progress-researcher"
 NODES = ["n1", "n2"]
 TRAINING_ARGS = {"epochs": 3, "batch_size": 32, "learning_rate": 0.01}
