@@ -15,6 +15,10 @@ data (``columns``, ``values``, ``target``), the split (``validation_fraction``,
     {"ok": False, "stage": "train", "error_type": "ValueError", "message": "...",
      "traceback": "..."}
 
+While a job runs, what the plan reports (:meth:`TrainingPlan.report_progress`) goes out on the
+same pipe as ``{"progress": {"iteration": 3.0, "loss": 0.4}}`` frames, at most one every
+:data:`PROGRESS_INTERVAL` seconds (the latest values win), the last one before the result.
+
 The plan's class is loaded and built once per worker: later jobs of the same plan reuse the
 same instance (``init_model`` is called again every round). The plan's exceptions become
 failure results; the worker ends when its input ends.
@@ -26,6 +30,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 import types
@@ -41,10 +46,13 @@ from node_agent._confine import confine, fail
 from node_agent.plan_process import read_frame, write_frame
 from training_plans.corrections import check_supported
 from training_plans.plan import TrainingPlan
+from training_plans.progress import set_progress_sink
 
 _T = TypeVar("_T")
 _MESSAGE_LIMIT = 500
 _TRACEBACK_LIMIT = 8000
+PROGRESS_INTERVAL = 0.05
+"""Seconds between two progress frames of the worker; reports in between replace each other."""
 
 
 class _StageError(Exception):
@@ -210,15 +218,60 @@ def _arrays(params: Any) -> dict[str, npt.NDArray[Any]]:
     return arrays
 
 
+class ProgressFrames:
+    """Writes the plan's progress reports to the result pipe, throttled, the latest values
+    winning; frames from the plan's threads and the result never interleave."""
+
+    def __init__(self, fd: int, interval: float = PROGRESS_INTERVAL) -> None:
+        self._fd = fd
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._pending: dict[str, float] | None = None
+        self._last = -interval
+
+    def due(self) -> bool:
+        """Whether a report now would be written at once."""
+        return time.monotonic() - self._last >= self._interval
+
+    def report(self, values: dict[str, float]) -> None:
+        """Take one report: written now, or kept (replacing the one kept) until its turn."""
+        with self._lock:
+            if not self.due():
+                self._pending = values
+                return
+            self._pending = None
+            self._write_progress(values)
+
+    def flush(self) -> None:
+        """Write the report kept back, if any."""
+        with self._lock:
+            if self._pending is not None:
+                values, self._pending = self._pending, None
+                self._write_progress(values)
+
+    def write(self, payload: bytes) -> None:
+        """Write a result frame."""
+        with self._lock:
+            write_frame(self._fd, payload)
+
+    def _write_progress(self, values: dict[str, float]) -> None:
+        self._last = time.monotonic()
+        write_frame(self._fd, encode({"progress": values}))
+
+
 def serve(jobs: int, results: int) -> int:
-    """Answer every job frame read from ``jobs`` with a result frame on ``results``."""
+    """Answer every job frame read from ``jobs`` with a result frame on ``results``, after
+    the progress frames of the job."""
     cache = PlanCache()
+    progress = ProgressFrames(results)
+    set_progress_sink(progress)
     while (frame := read_frame(jobs, sys.maxsize)) is not None:
         result = run_job(decode(frame), cache)
+        progress.flush()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        write_frame(results, encode(result))
+        progress.write(encode(result))
     return 0
 
 

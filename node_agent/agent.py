@@ -101,6 +101,7 @@ class NodeAgent:
             self.handlers, context, replier, self.security,
             max_message_size=settings.max_message_size,
             heavy_concurrency=settings.heavy_concurrency, counters=self.counters,
+            progress_interval=settings.progress_interval,
         )  # fmt: skip
         self.intake = Intake(
             self.transport, self.topology.node_queue(self.node_id), dispatcher.handle_safely,

@@ -23,6 +23,7 @@ from broker_net.transport import Delivery
 from node_agent.cancels import Cancellations
 from node_agent.context import HandlerError, NodeContext
 from node_agent.handlers import HEAVY_MESSAGE_TYPES, Handler
+from node_agent.progress import PROGRESS_INTERVAL, ProgressForwarding
 from node_agent.refusals import missing_request_id, refuse
 from node_agent.replier import LIGHT_TYPES, ReplySender, settle_quietly
 
@@ -40,6 +41,8 @@ class Dispatcher:
         max_message_size: the largest envelope accepted, in bytes.
         heavy_concurrency: heavy requests run at once.
         counters: the agent's counters (``handled``, ``duplicates``).
+        progress_interval: seconds between two progress messages of a training request; 0
+            sends none (see :mod:`node_agent.progress`).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Dispatcher:
         max_message_size: int,
         heavy_concurrency: int,
         counters: dict[str, int],
+        progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self.handlers = handlers
         self.context = context
@@ -63,6 +67,7 @@ class Dispatcher:
         # The event a duplicate waits on is made only when a duplicate comes.
         self._inflight: dict[str, anyio.Event | None] = {}
         self.cancels = Cancellations()
+        self.progress = ProgressForwarding(replier, progress_interval)
 
     async def handle_safely(self, delivery: Delivery) -> None:
         """Handle ``delivery``; a bug here dead-letters it instead of taking the agent down."""
@@ -160,7 +165,7 @@ class Dispatcher:
         try:
             with work.scope:
                 if message.type in HEAVY_MESSAGE_TYPES:
-                    async with self._heavy:
+                    async with self._heavy, self.progress.forwarding(message, incoming):
                         work.queued = False
                         reply = await handler(message, self.context)
                 else:

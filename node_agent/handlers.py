@@ -44,6 +44,7 @@ from node_agent.plan_workers import plan_workers_for
 from node_agent.plans import PlanInvalidError, compute_plan_id
 from node_agent.predictions import keep_predictions, summarise
 from node_agent.preprocessing import PreprocessingError, load_training_table, run_preprocessing
+from node_agent.progress import current_progress
 from node_agent.runner import (
     DEFAULT_VALIDATION_FRACTION,
     PlanFailedError,
@@ -247,7 +248,8 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
     added and keeps its update (see :mod:`node_agent.control_variates`). With
     ``secagg_arguments`` the reply's ``params`` are ``{"masked", "shapes"}``: the trained
     parameters weighted by the sample size and masked, so only their sum over the nodes can be
-    read.
+    read. What the plan reports while it trains goes to the researcher as progress (see
+    :mod:`node_agent.progress`).
 
     Raises:
         HandlerError: PLAN_NOT_APPROVED, PLAN_INVALID, DATASET_NOT_FOUND, STATE_NOT_FOUND,
@@ -287,6 +289,7 @@ async def handle_train(request: TrainRequest, context: NodeContext) -> TrainRepl
             aux_var=aux_var,
             workers=plan_workers_for(context),
             reuse_key=(request.researcher_id, request.experiment_id, request.dataset_id),
+            on_progress=current_progress(),
         )
         await anyio.to_thread.run_sync(
             keep_client_variate, context.states, request, aux_var, outcome.aux_var

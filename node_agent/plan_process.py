@@ -5,7 +5,9 @@ input and writes results to a pipe of their own, one frame each: an 8-byte big-e
 then that many bytes of msgpack (:mod:`broker_net.codec`, never pickle). A result frame longer
 than the policy's ``max_result_size`` is refused before it is read. What the worker prints
 goes to a third pipe, drained by a thread that keeps only its head and tail
-(:class:`OutputCapture`), so no amount of output reaches the agent's memory.
+(:class:`OutputCapture`), so no amount of output reaches the agent's memory. Before its
+result, a job's pipe may carry progress frames, ``{"progress": {name: number}}``, handed to the
+caller as they come.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,9 @@ from node_agent.sandbox import (
 
 _HEADER = struct.Struct(">Q")
 _CHUNK = 64 * 1024
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+"""Receives the values of each progress frame, in the reading thread; must return at once."""
 
 
 class WorkerLostError(Exception):
@@ -231,14 +237,29 @@ class PlanProcess:
         """Whether the worker is still running."""
         return self._popen.poll() is None
 
-    def exchange(self, job: bytes) -> dict[str, Any]:
-        """Send one encoded job and return the decoded result (blocking).
+    def exchange(self, job: bytes, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Send one encoded job and return the decoded result (blocking); hand the values of
+        each progress frame before it to ``on_progress`` (dropped without one).
 
         Raises:
             WorkerLostError: the worker died, or sent something that is not a result.
         """
         try:
             write_frame(self._jobs, job)
+        except BrokenPipeError:
+            raise WorkerLostError(self._exit_description(), self.output()) from None
+        except OSError as exc:
+            raise WorkerLostError(f"could not be sent its job ({exc})", self.output()) from None
+        while True:
+            result = self._read_result()
+            progress = result.get("progress")
+            if "ok" in result or not isinstance(progress, dict):
+                return result
+            if on_progress is not None:
+                on_progress(progress)
+
+    def _read_result(self) -> dict[str, Any]:
+        try:
             frame = read_frame(self._results, self._limit)
         except BrokenPipeError:
             frame = None

@@ -31,7 +31,7 @@ import anyio.to_thread
 
 from broker_net.codes import TrainingPlanStatus
 from node_agent.context import NodeContext
-from node_agent.plan_process import PlanProcess
+from node_agent.plan_process import PlanProcess, ProgressCallback
 from node_agent.plans import PlanNotFoundError, PlanRegistry
 from node_agent.sandbox import SandboxPolicy, detect_isolation
 
@@ -108,9 +108,11 @@ class PlanWorkers:
             ]
 
     async def run(
-        self, key: WorkerKey, plan_id: str, job: bytes, *, timeout: float
-    ) -> tuple[dict[str, Any], str]:
-        """Run one encoded job on the warm worker of ``key`` (started if needed).
+        self, key: WorkerKey, plan_id: str, job: bytes, *, timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[dict[str, Any], str]:  # fmt: skip
+        """Run one encoded job on the warm worker of ``key`` (started if needed); the plan's
+        progress goes to ``on_progress``, called from a worker thread.
 
         Returns:
             The worker's result and what it printed during the round (head and tail).
@@ -128,7 +130,7 @@ class PlanWorkers:
                     process = PlanProcess.start(self.policy, isolation, cpu_seconds=cpu)
                     worker = self._adopt(key, plan_id, process)
                 result = await anyio.to_thread.run_sync(
-                    worker.process.exchange, job, abandon_on_cancel=True
+                    worker.process.exchange, job, on_progress, abandon_on_cancel=True
                 )
         except TimeoutError:
             if worker is not None:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from broker_net.codec import encode
 from node_agent.datasets import Table
-from node_agent.plan_process import WorkerLostError
+from node_agent.plan_process import ProgressCallback, WorkerLostError
 from node_agent.plan_workers import PlanWorkers, WorkerTimeoutError
 from node_agent.plans import PlanInvalidError, compute_plan_id
 from node_agent.sandbox import SandboxPolicy
@@ -122,6 +122,7 @@ async def run_training(
     sandbox: SandboxPolicy | None = None,
     workers: PlanWorkers | None = None,
     reuse_key: tuple[Hashable, ...] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainingOutcome:
     """Train (or only evaluate) the plan class ``class_name`` of ``source`` on ``table``.
 
@@ -138,6 +139,9 @@ async def run_training(
     of that key and plan, in the workers' sandbox. Otherwise it runs in a fresh process under
     ``sandbox``, by default :meth:`SandboxPolicy.limits_only`: limits, a minimal environment
     and a private folder, but the caller's user and network.
+
+    What the plan reports with :meth:`~training_plans.plan.TrainingPlan.report_progress` goes
+    to ``on_progress`` (from a worker thread: it must return at once), unchecked.
 
     Raises:
         TrainingDataError: the table cannot be trained on (see :func:`check_training_table`).
@@ -159,7 +163,7 @@ async def run_training(
         "split_seed": split_seed,
         "aux_var": dict(aux_var or {}),
     }
-    result, output, elapsed = await _run_job(job, timeout, sandbox, workers, reuse_key)
+    result, output, elapsed = await _run_job(job, timeout, sandbox, workers, reuse_key, on_progress)
     return _outcome(result, output, elapsed)
 
 
@@ -225,6 +229,7 @@ async def _run_job(
     sandbox: SandboxPolicy | None,
     workers: PlanWorkers | None,
     reuse_key: tuple[Hashable, ...] | None,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], str, float]:
     """Run ``job`` on a plan worker: its result, what it printed and the seconds it took."""
     payload = await anyio.to_thread.run_sync(encode, job)
@@ -235,7 +240,9 @@ async def _run_job(
     key = (*reuse_key, plan_id, job["class_name"])
     started = time.perf_counter()
     try:
-        result, output = await workers.run(key, plan_id, payload, timeout=timeout)
+        result, output = await workers.run(
+            key, plan_id, payload, timeout=timeout, on_progress=on_progress
+        )
     except WorkerTimeoutError:
         logger.warning("training plan timed out after %g s; killed it", timeout)
         raise PlanTimeoutError(

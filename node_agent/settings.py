@@ -88,6 +88,11 @@ class NodeSettings(PartySettings):
         description="Resident memory (bytes) past which a warm plan process is replaced.",
     )
     heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between heartbeats.")
+    progress_interval: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds between two progress messages of one training round; 0 sends none.",
+    )
     prefetch: int = Field(default=16, ge=1, description="Requests held unacknowledged at once.")
     heavy_concurrency: int = Field(
         default=1, ge=1, description="Training / preprocessing / analytics runs at once."

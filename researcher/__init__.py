@@ -67,6 +67,7 @@ from researcher.requests.policies import (
     Verdict,
 )
 from researcher.requests.presence import NodePresence, PresenceTable
+from researcher.requests.progress import ProgressEvent
 from researcher.requests.reply_log import LateReply
 from researcher.requests.router import Requests
 from researcher.settings import ResearcherSettings
@@ -119,6 +120,7 @@ __all__ = [
     "PreprocResult",
     "PreprocessingTask",
     "PresenceTable",
+    "ProgressEvent",
     "RequestError",
     "RequestHooks",
     "RequestStatus",

@@ -27,6 +27,7 @@ from node_agent.agent import NodeAgent
 from node_agent.datasets import DatasetRegistry
 from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings
+from researcher.jobs.monitor import MonitorCallback
 from researcher.orchestration.fedjob import FedJob, JobResult
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import DatasetSelector, JobSpec
@@ -40,16 +41,18 @@ SIMULATION_RESEARCHER = "simulator"
 
 
 def simulate(
-    job: FedJob, n_nodes: int | None = None, *, workspace: Path | None = None
-) -> JobResult:
+    job: FedJob, n_nodes: int | None = None, *, workspace: Path | None = None,
+    monitor: MonitorCallback | None = None,
+) -> JobResult:  # fmt: skip
     """Run ``job`` in this process with in-process node agents on the in-memory transport,
     as FLARE's ``simulator_run`` (see :func:`simulate_async`)."""
-    return anyio.run(lambda: simulate_async(job, n_nodes, workspace=workspace))
+    return anyio.run(lambda: simulate_async(job, n_nodes, workspace=workspace, monitor=monitor))
 
 
 async def simulate_async(
-    job: FedJob, n_nodes: int | None = None, *, workspace: Path | None = None
-) -> JobResult:
+    job: FedJob, n_nodes: int | None = None, *, workspace: Path | None = None,
+    monitor: MonitorCallback | None = None,
+) -> JobResult:  # fmt: skip
     """Run ``job`` with simulated nodes and return its result.
 
     The nodes are the spec's simulation datasets' nodes, else the nodes tasks are placed on
@@ -61,6 +64,7 @@ async def simulate_async(
         n_nodes: how many nodes, when the job names none.
         workspace: a folder for the nodes' data and the job store (default: a temporary
             folder, removed afterwards).
+        monitor: called with the nodes' training progress (see :mod:`researcher.jobs.monitor`).
 
     Raises:
         ValueError: the job names no node and ``n_nodes`` is not given.
@@ -83,8 +87,9 @@ async def simulate_async(
         async with _simulated_network(root, nodes) as requests:
             with JobStore(root / "researcher") as store:
                 scheduler = Scheduler(
-                    store, requests, approver=operator(root / "nodes"), discovery=0
-                )
+                    store, requests, approver=operator(root / "nodes"), discovery=0,
+                    monitor=monitor,
+                )  # fmt: skip
                 record = scheduler.submit(spec)
                 await scheduler.run_job(record.job_id)
                 return JobResult.from_store(store, record.job_id)

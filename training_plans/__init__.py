@@ -5,7 +5,8 @@ Everything a plan author or a party needs is importable from here:
 :mod:`training_plans.plan` holds the :class:`TrainingPlan` base and :func:`plan_source`;
 :mod:`training_plans.logistic`, :mod:`training_plans.mlp` and :mod:`training_plans.linear` the
 ready :class:`LogisticRegressionPlan`, :class:`MLPPlan` and :class:`SklearnLinearPlan`;
-:mod:`training_plans.corrections` FedProx's and SCAFFOLD's local corrections. Importing the
+:mod:`training_plans.corrections` FedProx's and SCAFFOLD's local corrections;
+:mod:`training_plans.progress` where a plan's progress reports go. Importing the
 package needs only numpy and the standard library (the scikit-learn plan imports scikit-learn
 when it builds its model), so that a node can run a plan's source in a child process.
 """
@@ -15,6 +16,13 @@ from training_plans.linear import SklearnLinearPlan
 from training_plans.logistic import LogisticRegressionPlan
 from training_plans.mlp import MLPPlan
 from training_plans.plan import ALLOWED_IMPORT_ROOTS, Params, TrainingPlan, plan_source
+from training_plans.progress import (
+    ProgressSink,
+    progress_due,
+    progress_values,
+    report_progress,
+    set_progress_sink,
+)
 
 __all__ = [
     "ALLOWED_IMPORT_ROOTS",
@@ -22,7 +30,12 @@ __all__ = [
     "LogisticRegressionPlan",
     "MLPPlan",
     "Params",
+    "ProgressSink",
     "SklearnLinearPlan",
     "TrainingPlan",
     "plan_source",
+    "progress_due",
+    "progress_values",
+    "report_progress",
+    "set_progress_sink",
 ]

@@ -99,17 +99,27 @@ class SklearnLinearPlan(TrainingPlan):
         y: npt.NDArray[np.float64],
         training_args: Mapping[str, Any],
     ) -> dict[str, float]:
-        """Run ``epochs`` passes of ``partial_fit`` over shuffled mini-batches."""
+        """Run ``epochs`` passes of ``partial_fit`` over shuffled mini-batches.
+
+        Reports its progress: the step (``iteration``) and the ``loss`` of its batch before
+        the step (mean squared error of a regressor, error rate of a classifier), and at the
+        end the metrics on ``x``."""
         epochs = int(training_args.get("epochs", 1))
         batch_size = max(1, int(training_args.get("batch_size", 32)))
         rng = np.random.default_rng(int(training_args.get("seed", 0)))
         extra = {} if self.classes is None else {"classes": self.classes}
+        step = 0
         for _ in range(epochs):
             order = rng.permutation(len(y))
             for start in range(0, len(y), batch_size):
                 batch = order[start : start + batch_size]
+                step += 1
+                if self.progress_due():
+                    self.report_progress(iteration=step, loss=self._batch_loss(x[batch], y[batch]))
                 self.estimator.partial_fit(x[batch], y[batch], **extra)
-        return self.evaluate(x, y)
+        metrics = self.evaluate(x, y)
+        self.report_progress(iteration=step, **metrics)
+        return metrics
 
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
         """``accuracy`` of a classifier; ``loss`` (mean squared error) and ``r2`` of a
@@ -130,6 +140,12 @@ class SklearnLinearPlan(TrainingPlan):
     def is_classifier(self) -> bool:
         """True for ``SGDClassifier`` and ``Perceptron``, false for ``SGDRegressor``."""
         return self.classes is not None
+
+    def _batch_loss(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
+        predicted = self._predict(x)
+        if self.classes is not None:
+            return float(np.mean(predicted != y))
+        return float(np.mean((predicted - y) ** 2))
 
     def _predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Predictions from the parameters alone (before any ``partial_fit`` too)."""

@@ -84,6 +84,9 @@ class LogisticRegressionPlan(TrainingPlan):
     ) -> dict[str, float]:
         """Run ``epochs`` passes of mini-batch gradient descent on the log loss.
 
+        Reports its progress: the step (``iteration``) and the ``loss`` of its batch, and at
+        the end the loss on ``x``.
+
         Returns:
             ``{"loss": ...}``, the mean log loss on ``x`` after training.
         """
@@ -93,10 +96,14 @@ class LogisticRegressionPlan(TrainingPlan):
         l2 = float(training_args.get("l2", 0.0))
         rng = np.random.default_rng(int(training_args.get("seed", 0)))
         correction = LocalCorrection(self._params(), training_args, self.aux_var_in)
+        step = 0
         for _ in range(epochs):
             order = rng.permutation(len(y))
             for start in range(0, len(y), batch_size):
                 batch = order[start : start + batch_size]
+                step += 1
+                if self.progress_due():
+                    self.report_progress(iteration=step, loss=self._log_loss(x[batch], y[batch]))
                 error = self._probabilities(x[batch]) - y[batch]
                 coef = x[batch].T @ error / len(batch) + l2 * self.coef
                 intercept = np.array([np.mean(error)])
@@ -104,7 +111,9 @@ class LogisticRegressionPlan(TrainingPlan):
                 self.intercept -= rate * correction.gradient("intercept", self.intercept, intercept)
                 correction.count_step()
         self.aux_var_out = correction.aux_var(self._params(), rate)
-        return {"loss": self._log_loss(x, y)}
+        loss = self._log_loss(x, y)
+        self.report_progress(iteration=step, loss=loss)
+        return {"loss": loss}
 
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
         """Return the mean log loss and the accuracy on ``x`` and ``y``."""

@@ -119,7 +119,10 @@ class MLPPlan(TrainingPlan):
         y: npt.NDArray[np.float64],
         training_args: Mapping[str, Any],
     ) -> dict[str, float]:
-        """Run ``epochs`` passes of mini-batch SGD; ``{"loss": ...}`` after training."""
+        """Run ``epochs`` passes of mini-batch SGD; ``{"loss": ...}`` after training.
+
+        Reports its progress: the step (``iteration``) and the ``loss`` of its batch, and at
+        the end the loss on ``x``."""
         epochs = int(training_args.get("epochs", 1))
         batch_size = max(1, int(training_args.get("batch_size", 32)))
         rate = float(training_args.get("learning_rate", 0.05))
@@ -127,17 +130,23 @@ class MLPPlan(TrainingPlan):
         self._check_targets(y)
         rng = np.random.default_rng(int(training_args.get("seed", 0)))
         correction = LocalCorrection(self.params, training_args, self.aux_var_in)
+        step = 0
         for _ in range(epochs):
             order = rng.permutation(len(y))
             for start in range(0, len(y), batch_size):
                 batch = order[start : start + batch_size]
+                step += 1
+                if self.progress_due():
+                    self.report_progress(iteration=step, loss=self._loss(x[batch], y[batch]))
                 grads = self._gradients(x[batch], y[batch], l2)
                 for name in _NAMES:
                     value = self.params[name]
                     self.params[name] = value - rate * correction.gradient(name, value, grads[name])
                 correction.count_step()
         self.aux_var_out = correction.aux_var(self.params, rate)
-        return {"loss": self._loss(x, y)}
+        loss = self._loss(x, y)
+        self.report_progress(iteration=step, loss=loss)
+        return {"loss": loss}
 
     def evaluate(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
         """The mean cross-entropy and the accuracy."""

@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from training_plans.progress import progress_due, report_progress
+
 Params = dict[str, npt.NDArray[np.float64]]
 """A model's parameters by name."""
 
@@ -120,6 +122,22 @@ class TrainingPlan(ABC):
         """Return auxiliary variables for the researcher's optimizer, read after training
         (arrays by name, nested mappings allowed); none by default."""
         return {}
+
+    def report_progress(
+        self, iteration: float | None = None, loss: float | None = None, **scalars: Any
+    ) -> None:
+        """Report how training goes, e.g. ``self.report_progress(iteration=i, loss=l)``.
+
+        Call it from ``train`` as often as convenient: on a node the latest values reach the
+        researcher's monitor a few times a second at most; elsewhere it does nothing. It never
+        raises and never waits. Values that are not numbers are left out.
+        """
+        report_progress({"iteration": iteration, "loss": loss, **scalars})
+
+    def progress_due(self) -> bool:
+        """Whether a :meth:`report_progress` now would reach the researcher (rather than be
+        replaced by a later one): compute costly values only when it is. False off a node."""
+        return progress_due()
 
 
 def plan_source(cls: type[TrainingPlan]) -> str:

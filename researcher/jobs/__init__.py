@@ -12,6 +12,7 @@
 - :mod:`~researcher.jobs.prediction`: a trained model run on the nodes' data;
 - :mod:`~researcher.jobs.secagg` and :mod:`~researcher.jobs.masked`: secure aggregation;
 - :mod:`~researcher.jobs.payloads`: encrypted training payloads;
+- :mod:`~researcher.jobs.monitor`: the callbacks watching the nodes' progress;
 - :mod:`~researcher.jobs.aggregation` and :mod:`~researcher.jobs.statistics`: combining what
   the nodes answered.
 """
@@ -47,6 +48,7 @@ from researcher.jobs.fedbuff import (
     staleness_weight,
 )
 from researcher.jobs.masked import masked_update, unflatten
+from researcher.jobs.monitor import MonitorCallback, ProgressMonitor
 from researcher.jobs.node_pool import NodePool
 from researcher.jobs.payloads import open_reply, seal_request
 from researcher.jobs.plans import TrainingPlanApproveJob, TrainingPlanCheckJob
@@ -90,12 +92,14 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "Job",
+    "MonitorCallback",
     "NodePool",
     "NodeUpdate",
     "PredictionJob",
     "PredictionResult",
     "PreprocRequestJob",
     "PreprocResult",
+    "ProgressMonitor",
     "PublishedVersion",
     "RoundRecord",
     "Sampling",

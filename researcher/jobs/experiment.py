@@ -27,6 +27,7 @@ from broker_net.message_base import new_id
 from researcher.errors import RequestError
 from researcher.jobs.aggregation import weighted_metrics
 from researcher.jobs.evaluation import BestModel, Evaluation, EvaluationRecord
+from researcher.jobs.monitor import MonitorCallback, ProgressMonitor, monitored, monitoring
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.secagg import SecureAggregation
 from researcher.jobs.strategies import FedAvg, NodeUpdate, Strategy
@@ -118,6 +119,9 @@ class Experiment:
         evaluation: evaluation-only rounds of the global model (every k rounds, at the end, on
             validation splits or test datasets) and the best round by a metric (see
             :mod:`researcher.jobs.evaluation`).
+        monitor: called with each node's progress during the rounds (a
+            :class:`~researcher.requests.progress.ProgressEvent`), a function or a coroutine
+            function, in a task of its own; see :mod:`researcher.jobs.monitor`.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class Experiment:
         sampling: Sampling | None = None,
         encrypt_aux_var: bool = False,
         evaluation: Evaluation | None = None,
+        monitor: MonitorCallback | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError("an experiment needs at least one round")
@@ -152,6 +157,7 @@ class Experiment:
         self.plan = plan
         self.source = source if source is not None else plan_source(plan)
         self.hooks = hooks
+        self.monitor = ProgressMonitor(monitor) if monitor is not None else None
         self.secagg = secagg
         self.secagg_options = dict(secagg_options or {})
         self.strategy = strategy if strategy is not None else FedAvg()
@@ -232,12 +238,13 @@ class Experiment:
             model_args=self.model_args,
             state_ids=self.state_ids,
             policies=self.policies,
-            hooks=self.hooks(number) if self.hooks is not None else None,
+            hooks=monitored(self.hooks(number) if self.hooks else None, self.monitor),
             secagg_arguments=(
                 dict.fromkeys(nodes, secagg.arguments(number - 1)) if secagg else None
             ),
         )
-        outcome = await job.execute()
+        async with monitoring(self.monitor):
+            outcome = await job.execute()
         usable = {n: r for n, r in outcome.replies.items() if r.params and r.sample_size}
         if len(usable) < self.min_replies:
             raise RequestError(

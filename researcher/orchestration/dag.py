@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from researcher.jobs.monitor import MonitorCallback
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
@@ -30,14 +31,17 @@ class DagRun:
 
     Args:
         approver: approves plans as the nodes' operators would (simulations only).
+        monitor: receives the progress of training rounds (see :mod:`researcher.jobs.monitor`).
     """
 
     def __init__(
-        self, store: JobStore, requests: Requests, *, approver: Approver | None = None
-    ) -> None:
+        self, store: JobStore, requests: Requests, *, approver: Approver | None = None,
+        monitor: MonitorCallback | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.requests = requests
         self.approver = approver
+        self.monitor = monitor
 
     async def __call__(
         self, job_id: str, spec: JobSpec, nodes: list[str], datasets: dict[str, str]
@@ -121,7 +125,7 @@ class DagRun:
                     requests=self.requests, store=self.store, job_id=job_id, spec=spec,
                     task=filled, attempt=record.attempt,
                     nodes=nodes if filled.nodes == ALL_NODES else list(filled.nodes),
-                    datasets=datasets, approver=self.approver,
+                    datasets=datasets, approver=self.approver, monitor=self.monitor,
                 )  # fmt: skip
                 with anyio.move_on_after(timeout) as deadline:
                     result = await run_task(context)

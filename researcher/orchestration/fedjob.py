@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from broker_net.topology import check_id
+from researcher.jobs.monitor import MonitorCallback
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.scheduler import Scheduler
 from researcher.orchestration.spec import (
@@ -242,6 +243,7 @@ class FedJob:
         store: JobStore | None = None,
         approver: Approver | None = None,
         discovery: float = 3.0,
+        monitor: MonitorCallback | None = None,
     ) -> JobResult:
         """Submit the job and run it over ``requests``; return its result.
 
@@ -250,11 +252,16 @@ class FedJob:
             approver: approves plans as the nodes' operators would; real nodes' operators
                 approve them themselves and a plan-check task waits for them.
             discovery: seconds to listen for node heartbeats before fixing the node list.
+            monitor: called with each node's progress during training rounds (a function or
+                a coroutine function, see :mod:`researcher.jobs.monitor`); the store keeps
+                that progress in any case (:meth:`JobStore.progress`).
         """
         own = store is None
         store = store or JobStore(ResearcherSettings().data_dir)
         try:
-            scheduler = Scheduler(store, requests, approver=approver, discovery=discovery)
+            scheduler = Scheduler(
+                store, requests, approver=approver, discovery=discovery, monitor=monitor
+            )
             record = scheduler.submit(self.spec)
             await scheduler.run_job(record.job_id)
             return JobResult.from_store(store, record.job_id)

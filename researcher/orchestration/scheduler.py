@@ -25,6 +25,7 @@ import time
 
 import anyio
 
+from researcher.jobs.monitor import MonitorCallback
 from researcher.orchestration.dag import DagRun
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.spec import JobSpec
@@ -45,6 +46,8 @@ class Scheduler:
         store: where jobs are kept.
         requests: the researcher's request layer.
         approver: approves plans as the nodes' operators would (simulations only).
+        monitor: receives the progress of training rounds, which the store keeps anyway
+            (see :mod:`researcher.jobs.monitor`).
         parallel_jobs: jobs :meth:`run_queue` runs at once.
         discovery: seconds to listen to heartbeats, from this scheduler's creation, before a
             job placed on every node fixes its node list (a node heartbeats every few
@@ -59,6 +62,7 @@ class Scheduler:
         requests: Requests,
         *,
         approver: Approver | None = None,
+        monitor: MonitorCallback | None = None,
         parallel_jobs: int = 1,
         discovery: float = 3.0,
         poll_interval: float = 0.25,
@@ -68,6 +72,7 @@ class Scheduler:
         self.store = store
         self.requests = requests
         self.approver = approver
+        self.monitor = monitor
         self.parallel_jobs = parallel_jobs
         self.discovery = discovery
         self.poll_interval = poll_interval
@@ -230,7 +235,7 @@ class Scheduler:
         else:
             nodes, datasets = list(job.nodes or []), dict(job.datasets or {})
             self.store.set_job_reason(job_id, f"resumed by process {this_process()}")
-        run_dag = DagRun(self.store, self.requests, approver=self.approver)
+        run_dag = DagRun(self.store, self.requests, approver=self.approver, monitor=self.monitor)
         state, reason = await run_dag(job_id, job.spec, nodes, datasets)
         self.store.set_job_state(job_id, state, reason)
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from researcher.jobs.monitor import MonitorCallback
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import NodeResult
@@ -43,6 +44,7 @@ class TaskContext:
         nodes: the nodes the task runs on.
         datasets: each node's dataset id.
         approver: approves plans as the nodes' operators would (simulations only).
+        monitor: also receives the progress of training rounds, which the store keeps.
     """
 
     requests: Requests
@@ -54,6 +56,7 @@ class TaskContext:
     nodes: list[str]
     datasets: dict[str, str]
     approver: Approver | None = None
+    monitor: MonitorCallback | None = None
 
     @property
     def node_datasets(self) -> dict[str, str]:

@@ -22,6 +22,7 @@ from researcher.jobs.evaluation import Evaluation, EvaluationRecord
 from researcher.jobs.experiment import Experiment, RoundRecord
 from researcher.jobs.sampling import Sampling
 from researcher.jobs.strategies import make_strategy
+from researcher.orchestration.progress_recorder import task_monitor
 from researcher.orchestration.round_specs import secagg_settings
 from researcher.orchestration.spec import PlanSpec
 from researcher.orchestration.store.records import NodeResult, RoundRow, now_text
@@ -69,7 +70,7 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         min_replies=task.min_replies or (sampling.min_nodes if sampling else len(ctx.nodes)),
         experiment_id=f"{job_id}.{task.name}", initial_params=initial,
         hooks=lambda number: ctx.hooks(f"round-{number}"), strategy=strategy, sampling=sampling,
-        encrypt_aux_var=task.strategy.encrypt_aux_var,
+        encrypt_aux_var=task.strategy.encrypt_aux_var, monitor=task_monitor(ctx),
         secagg=(secagg := secagg_settings(task.secagg)) is not None,
         secagg_options=secagg.training_options() if secagg else None,
         evaluation=_evaluation(ctx, task),

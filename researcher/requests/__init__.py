@@ -5,7 +5,8 @@
 - :mod:`~researcher.requests.federated`: :class:`FederatedRequest`, one request and its results;
 - :mod:`~researcher.requests.policies`: when a request stops waiting;
 - :mod:`~researcher.requests.hooks`: :class:`RequestHooks`, to record or resume a request;
-- :mod:`~researcher.requests.presence`: what the node heartbeats say.
+- :mod:`~researcher.requests.presence`: what the node heartbeats say;
+- :mod:`~researcher.requests.progress`: the nodes' progress, routed to its request.
 """
 
 from researcher.requests.federated import FederatedRequest, MessagesByNode, PolicyReport
@@ -25,6 +26,7 @@ from researcher.requests.policies import (
     Verdict,
 )
 from researcher.requests.presence import NodePresence, PresenceTable
+from researcher.requests.progress import ProgressEvent
 from researcher.requests.reply_log import LateReply
 from researcher.requests.router import Requests
 
@@ -41,6 +43,7 @@ __all__ = [
     "Policy",
     "PolicyReport",
     "PresenceTable",
+    "ProgressEvent",
     "Receipt",
     "RequestHooks",
     "RequestStatus",

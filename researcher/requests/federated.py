@@ -13,7 +13,9 @@ reply to it while it runs. The two speak through a small interface:
 - the request calls :meth:`Requests.track`, :meth:`Requests.deliver_parked` and
   :meth:`Requests.untrack` as it starts, once it is sent, and as it ends;
 - the router calls :meth:`FederatedRequest.deliver` with each reply (or ErrorMessage) from a
-  node, and :meth:`FederatedRequest.progress` when a chunk of one arrives; ``deliver`` returns
+  node, :meth:`FederatedRequest.progress` when a chunk of one arrives, and hands each progress
+  message of a node to its ``progress_relay`` (a
+  :class:`~researcher.requests.progress.ProgressRelay`); ``deliver`` returns
   a :class:`~researcher.requests.ledger.Receipt` saying whether the reply came too late.
 
 When the request ends early (a policy stops it, a node times out, or the task awaiting it is
@@ -22,7 +24,8 @@ cancelled), it sends a cancel to every node that was sent it and did not answer
 
 The request calls its :class:`~researcher.requests.hooks.RequestHooks` itself, from the task
 that awaits it: ``on_sending`` before anything is published, ``on_sent`` once every publish is
-done, ``on_answer`` as each node's answer arrives.
+done, ``on_answer`` as each node's answer arrives, ``on_progress`` with the nodes' progress
+(:mod:`researcher.requests.progress`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from researcher.requests.policies import (
     longest_wait,
     watches_presence,
 )
+from researcher.requests.progress import ProgressRelay
 from researcher.requests.sending import RequestSender
 
 if TYPE_CHECKING:
@@ -114,6 +118,7 @@ class FederatedRequest:
         self._nodes = NodeLedger(
             self.request_id, self._messages, keep_answered=self._hooks.on_answer is not None
         )
+        self.progress_relay = ProgressRelay(self._nodes, self._hooks.on_progress)
         self._report: PolicyReport | None = None
         self._active = False
         self._cancelled: set[str] = set()
@@ -245,6 +250,7 @@ class FederatedRequest:
         states = nodes.watch()
         next_deadline: float | None = None
         while True:
+            self.progress_relay.flush()
             self._report_answers()
             now = time.monotonic()
             if watch and now >= next_check:

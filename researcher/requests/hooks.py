@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from researcher.requests.progress import ProgressHook
+
 
 @dataclass(frozen=True)
 class RequestHooks:
@@ -27,6 +29,9 @@ class RequestHooks:
         on_sent: called with each node's send time once every publish is done.
         on_answer: called with the request id and a node id when that node's reply or error
             arrives (once per node, from the task waiting for the request).
+        on_progress: called with each node's progress while it works on the request (a
+            :class:`~researcher.requests.progress.ProgressEvent`, from the task waiting for
+            the request: return quickly); an exception in it is logged.
     """
 
     request_id: str | None = None
@@ -34,3 +39,4 @@ class RequestHooks:
     on_sending: Callable[[str, list[str]], None] | None = None
     on_sent: Callable[[str, dict[str, datetime]], None] | None = None
     on_answer: Callable[[str, str], None] | None = None
+    on_progress: ProgressHook | None = None

@@ -192,14 +192,17 @@ class NodeLedger:
         self._answered = []
         return answered
 
-    def progress(self, node: str, arrived: float) -> None:
-        """A chunk of ``node``'s reply arrived: its timeouts now run from ``arrived``."""
+    def progress(self, node: str, arrived: float) -> bool:
+        """A sign of work from ``node`` (a chunk of its reply, a progress message): its
+        timeouts now run from ``arrived``. False when the node is not waited for."""
         entry = self.entries.get(node)
-        if entry is not None and entry.status is RequestStatus.PENDING:
-            first = entry.last_progress is None
-            entry.last_progress = arrived
-            # The first chunk may give a stall policy a deadline; later ones only move it on.
-            self.touch(entry, recheck=first, wake=first)
+        if entry is None or entry.status is not RequestStatus.PENDING:
+            return False
+        first = entry.last_progress is None
+        entry.last_progress = max(arrived, entry.last_progress or arrived)
+        # The first sign may give a stall policy a deadline; later ones only move it on.
+        self.touch(entry, recheck=first, wake=first)
+        return True
 
     def pending(self) -> list[NodeEntry]:
         """The nodes still waited for, in order."""

@@ -6,7 +6,9 @@ moment that node's request was sent, per node. The wait ends when every node has
 answer, an error, a timeout or a disconnection) or as soon as one policy stops the request; the
 first policy that stops wins.
 
-Progress: a large reply arrives in chunks, and each chunk is progress (``NodeState.last_progress``).
+Progress: a large reply arrives in chunks, and each chunk is progress (``NodeState.last_progress``);
+so is each progress message a node sends while its plan trains
+(:mod:`researcher.requests.progress`).
 While a node's reply is arriving, its timeouts run from its latest chunk instead of from the
 send, so a transfer that keeps moving is never cut short however long it takes, and a stalled
 one ends ``timeout`` seconds after its last chunk, with a reason saying it stalled. Before the
@@ -53,8 +55,8 @@ class NodeState:
         status: the node's status so far.
         gone_since: monotonic time since which the node is known to be gone (no heartbeat
             within its patience, or no consumer on its queue), or ``None`` while it is there.
-        last_progress: monotonic time the latest chunk of the node's reply arrived, or
-            ``None`` before any did.
+        last_progress: monotonic time the latest chunk of the node's reply (or progress
+            message) arrived, or ``None`` before any did.
     """
 
     node_id: str

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, Self
 
 import anyio
@@ -33,8 +34,9 @@ from broker_net.envelope import Authenticator, EnvelopeHeader
 from broker_net.frames import FrameRefused, open_frame, read_message
 from broker_net.message_base import field_value
 from broker_net.messages import ErrorMessage, PingRequest, RequestMessage
+from broker_net.progress_messages import ProgressMessage
 from broker_net.topology import Topology
-from broker_net.transport import Delivery, TransferProgress, Transport
+from broker_net.transport import Delivery, Transport
 from researcher.errors import NodesMissingError
 from researcher.requests.federated import FederatedRequest, MessagesByNode
 from researcher.requests.hooks import RequestHooks
@@ -46,6 +48,7 @@ from researcher.requests.presence import (
     listen_to_heartbeats,
     log_dropped,
 )
+from researcher.requests.progress import route_progress, route_transfer_progress
 from researcher.requests.reply_log import LateReply, ReplyLog
 from researcher.requests.sending import send_cancels
 
@@ -233,19 +236,13 @@ class Requests:
     async def _consume_replies(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         queue = self.topology.researcher_queue(self.researcher_id)
         async with self.transport.consume(
-            queue, prefetch=self._reply_prefetch, on_progress=self._on_progress
-        ) as deliveries:
+            queue, prefetch=self._reply_prefetch,
+            on_progress=partial(route_transfer_progress, self._pending),
+        ) as deliveries:  # fmt: skip
             task_status.started()
             async for delivery in deliveries:
                 self._dispatch_reply(delivery)
                 await delivery.ack()
-
-    def _on_progress(self, progress: TransferProgress) -> None:
-        # Chunk headers are not authenticated: progress only ever postpones a timeout.
-        fed = self._pending.get(progress.correlation_id or "")
-        node = progress.headers.get("sender")
-        if fed is not None and isinstance(node, str):
-            fed.progress(node, time.monotonic())
 
     def _on_failed_transfer(self, delivery: Delivery, refused: FrameRefused) -> None:
         """A reply arrived broken (e.g. TRANSFER_CORRUPTED): an error from its node."""
@@ -287,6 +284,8 @@ class Requests:
             logger.warning("dropping a reply whose sender %s claims to be node %s", node,
                            fields["node_id"])  # fmt: skip
             return
+        if isinstance(message, ProgressMessage):
+            return route_progress(self._pending, node, message)
         request_id = field_value(message, "request_id") or header.request_id
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
