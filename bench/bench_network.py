@@ -14,8 +14,8 @@ Figures, each ours (Requests and NodeAgent) against the raw baseline of
   process of its own;
 - security on and off: the round trip with every envelope authenticated;
 - CPU per message on each side: the researcher's process time over its timed requests, and
-  the node processes' (``/proc/<pid>/stat``) over each researcher run, per request or reply,
-  summed over the turns.
+  the node processes' (``/proc/<pid>/stat``) over each researcher run less what they spend
+  idle (heartbeats, timers) over as long, per request or reply, summed over the turns.
 
 The node side runs as a separate process (many agents as tasks sharing two connections, see
 :mod:`bench.swarm`), the researcher side as another, so neither figure includes the other's
@@ -172,6 +172,13 @@ def _resident(pid: int) -> int:
     return 0
 
 
+def _idle_cpu(processes: list[Nodes], seconds: float = 5.0) -> float:
+    """CPU seconds per second ``processes`` use while no request comes."""
+    before = sum(process_cpu(side.process.pid) for side in processes)
+    time.sleep(seconds)
+    return (sum(process_cpu(side.process.pid) for side in processes) - before) / seconds
+
+
 def process_cpu(pid: int) -> float:
     """User and system CPU seconds process ``pid`` has used so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -243,6 +250,7 @@ def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
             namespace, extra = namespaces[kind, most], ["--count", str(count)]
         node_side = serving[kind, 1 if name == "ping" else most]
         before = sum(process_cpu(side.process.pid) for side in node_side)
+        started = time.perf_counter()
         result = _researcher(
             kind, url, namespace, "ping" if name == "ping" else name, *extra,
             "--repeat", str(repeat), "--warmup", str(warmup),
@@ -250,11 +258,15 @@ def _latency_rows(url: str, settings: Settings, folder: Path) -> list[Row]:
         # The node side's CPU over the whole researcher run, warm-up included; the researcher
         # measures its own over the timed requests only.
         node_cpu = sum(process_cpu(side.process.pid) for side in node_side) - before
+        # Less what the node processes spend idle (heartbeats, timers) over as long.
+        node_cpu -= idle[kind, 1 if name == "ping" else most] * (time.perf_counter() - started)
         result["node_cpu_per_message"] = node_cpu / ((repeat + warmup) * count)
         result["cpu_per_message"] = result["cpu_per_op"] / count
         return result
 
     rows = _agent_rows(serving, most)
+    # CPU seconds per second each group of node processes spends with no request to answer.
+    idle = {key: _idle_cpu(processes) for key, processes in serving.items()}
     try:
         for turn in range(settings.turns):
             for name in ["ping", *(f"fanout{count}" for count in settings.fanout)]:
