@@ -289,7 +289,8 @@ def to_message(value: Any) -> AnyMessage:
     version = value.get("protocol_version", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         check_protocol_version(version)
-    validator = _VALIDATORS.get(value.get("type"))  # type: ignore[arg-type]
+    tag = value.get("type")
+    validator = _VALIDATORS.get(tag) if type(tag) is str else None
     if validator is not None:
         # The class the tag names validates directly (what the union does after reading the
         # tag, minus the union's dispatch); a failure goes through the union below, so the
