@@ -22,7 +22,7 @@ The node side runs as a separate process (many agents as tasks sharing two conne
 CPU. A vhost is created for the run through the management API and deleted afterwards.
 
 Configuration, by environment or on the command line of ``python -m bench.bench_network``:
-``BENCH_QUICK=1`` / ``--quick`` (no 1 GB, no 250 nodes, fewer repetitions),
+``BENCH_QUICK=1`` / ``--quick`` (no 1 GB, no 250 or 1,000 nodes, fewer repetitions),
 ``BENCH_PAYLOAD_MB=1,10,100,1024``, ``BENCH_FANOUT=1,10,100,250,1000``, ``BENCH_AMQP_URL``
 (``amqp://guest:guest@127.0.0.1:5672/``) and ``BENCH_MANAGEMENT_URL``
 (``http://guest:guest@127.0.0.1:15672``).
@@ -448,6 +448,6 @@ def run(quick: bool = False) -> list[Row]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.bench_network", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="no 1 GB, no 250 nodes")
+    parser.add_argument("--quick", action="store_true", help="no 1 GB, no 250 or 1,000 nodes")
     for item in run(parser.parse_args().quick):
         print(json.dumps(item))
