@@ -327,7 +327,7 @@ async def _scenario(args: argparse.Namespace, nodes: list[str], send: Send) -> d
 
 def _node_main(args: argparse.Namespace) -> None:
     topology = Topology(args.namespace)
-    nodes = [f"node-{index:03d}" for index in range(args.count)]
+    nodes = [f"node-{index:03d}" for index in range(args.first, args.first + args.count)]
 
     async def main() -> None:
         if args.kind == "raw":
@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--first", type=int, default=0, help="nodes: index of the first node")
     parser.add_argument("--dir", type=Path, default=Path("."))
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--scenario", default="ping")

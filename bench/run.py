@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument(
-        "--quick", action="store_true", help="smaller runs: no 1 GB payload, no 250 nodes"
+        "--quick", action="store_true", help="smaller runs: no 1 GB payload, no 250 or 1,000 nodes"
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -4,7 +4,9 @@ Arrays travel as a msgpack extension (type 1) holding a small header (dtype desc
 shape) followed by the array's raw bytes, never pickle. Encoding hands the array's buffer to a
 single ``join``, so an array is copied once, exactly as plain ``msgpack.packb`` copies a bytes
 object; decoding builds arrays with ``numpy.frombuffer`` over the bytes msgpack already made, so
-they are read-only views, not copies. Decoding never raises anything but :class:`DecodeError`.
+they are read-only views, not copies; an encoding of a megabyte or more is decoded in place
+(:mod:`broker_net.inplace`), its arrays views of the buffer it came in, so a large message is
+never copied out of it. Decoding never raises anything but :class:`DecodeError`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from broker_net.errors import CodecError, DecodeError, MessageTooLargeError, ProtocolVersionError
-from broker_net.messages import AnyMessage, message_adapter
+from broker_net.inplace import IN_PLACE_MIN, decode_in_place
+from broker_net.messages import MESSAGE_TYPES, AnyMessage, message_adapter
 from broker_net.version import PROTOCOL_VERSION
 
 CONTENT_TYPE = "application/msgpack"
@@ -191,6 +194,11 @@ def encode(value: Any) -> bytes:
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != NDARRAY_EXT:
         raise DecodeError(f"unknown msgpack extension type {code}")
+    return _array_of(data)
+
+
+def _array_of(data: bytes | memoryview) -> Any:
+    """The array an extension's data holds, a read-only view of ``data``'s buffer."""
     view = memoryview(data)
     (meta_len,) = _META_LEN.unpack_from(view)
     descr, shape = msgpack.unpackb(view[_META_LEN.size : _META_LEN.size + meta_len])
@@ -201,11 +209,13 @@ def _ext_hook(code: int, data: bytes) -> Any:
         raise DecodeError(f"bad array shape {shape!r}")
     count = math.prod(shape)
     offset = _META_LEN.size + meta_len
-    if count * dtype.itemsize != len(data) - offset:
+    if count * dtype.itemsize != view.nbytes - offset:
         raise DecodeError("array data does not match its dtype and shape")
     if dtype.itemsize == 0:
         return np.zeros(shape, dtype=dtype)
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    array.flags.writeable = False  # as over bytes, also over a writable reassembly buffer
+    return array
 
 
 def _as_descr(descr: Any) -> Any:
@@ -232,10 +242,14 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
         MessageTooLargeError: ``data`` is longer than ``max_size``.
         DecodeError: ``data`` is not a complete, valid encoding. No other exception escapes.
     """
-    size = memoryview(data).nbytes
+    view = memoryview(data)
+    size = view.nbytes
     if size > max_size:
         raise MessageTooLargeError(size, max_size)
     try:
+        if size >= IN_PLACE_MIN:
+            # Arrays as views of ``data``, not copies (see broker_net.inplace).
+            return decode_in_place(view, NDARRAY_EXT, _array_of)
         return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, timestamp=3)
     except DecodeError:
         raise
@@ -253,6 +267,12 @@ def check_protocol_version(version: Any) -> None:
         )
 
 
+_VALIDATORS: dict[str, Any] = {
+    tag: cls.__pydantic_validator__ for tag, cls in MESSAGE_TYPES.items()
+}
+"""Each message class's own validator, by ``type`` tag."""
+
+
 def to_message(value: Any) -> AnyMessage:
     """Validate decoded data into the message class its ``type`` names.
 
@@ -266,7 +286,19 @@ def to_message(value: Any) -> AnyMessage:
         )
     request_id = value.get("request_id")
     request_id = request_id if isinstance(request_id, str) else None
-    check_protocol_version(value.get("protocol_version", PROTOCOL_VERSION))
+    version = value.get("protocol_version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        check_protocol_version(version)
+    tag = value.get("type")
+    validator = _VALIDATORS.get(tag) if type(tag) is str else None
+    if validator is not None:
+        # The class the tag names validates directly (what the union does after reading the
+        # tag, minus the union's dispatch); a failure goes through the union below, so the
+        # error reads the same either way.
+        try:
+            return validator.validate_python(value)  # type: ignore[no-any-return]
+        except ValidationError:
+            pass
     try:
         return message_adapter.validate_python(value)
     except ValidationError as exc:

@@ -9,6 +9,7 @@ yields: whole deliveries, its consumer's prefetch raised while chunks are held.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -327,6 +328,11 @@ class ReassembledStream:
     transfers while waiting, and asks ``set_prefetch`` for the prefetch the transfers in
     progress need (``prefetch`` plus :attr:`Reassembler.reserved`).
 
+    Several tasks may read it at once (the node's workers each take their next delivery from
+    it): each gets a different delivery; the reassembly state is only touched under a lock,
+    never held while waiting for the broker, so a chunk any reader takes completes its
+    transfer for whichever reader is waiting.
+
     Args:
         raw: the consumer's deliveries as the broker sends them.
         reassembler: the reassembly state of this consumer.
@@ -348,6 +354,7 @@ class ReassembledStream:
         self.prefetch = prefetch
         """The prefetch the consumer currently runs with."""
         self._set_prefetch = set_prefetch
+        self._lock = asyncio.Lock()
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self
@@ -362,16 +369,16 @@ class ReassembledStream:
                 raise StopAsyncIteration from None
             if TRANSFER_ID not in first.headers:
                 return first
-            whole = await reassembler.feed(first)
+            whole = await self._feed(first)
             if whole is not None:
-                await self._adjust_prefetch()
                 return whole
         while True:
-            await self._adjust_prefetch()
-            due = reassembler.next_eviction()
-            if due is not None and due <= time.monotonic():
-                await reassembler.evict_idle()
-                continue
+            async with self._lock:
+                await self._adjust_prefetch()
+                due = reassembler.next_eviction()
+                if due is not None and due <= time.monotonic():
+                    await reassembler.evict_idle()
+                    continue
             delivery: Delivery | None = None
             try:
                 if due is None:
@@ -383,10 +390,17 @@ class ReassembledStream:
                 raise StopAsyncIteration from None
             if delivery is None:
                 continue
-            whole = await reassembler.feed(delivery)
+            whole = await self._feed(delivery)
+            if whole is not None:
+                return whole
+
+    async def _feed(self, delivery: Delivery) -> Delivery | None:
+        """Feed one delivery to the reassembler, under the lock; the whole delivery, if any."""
+        async with self._lock:
+            whole = await self.reassembler.feed(delivery)
             if whole is not None:
                 await self._adjust_prefetch()
-                return whole
+            return whole
 
     def receive_nowait(self) -> Delivery:
         """A raw delivery already received and not yet handed up (to give it back at shutdown).

@@ -34,7 +34,10 @@ class Work:
     request_id: str
     sender: str
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event | None = None
+    """Set once the handler is over; made only when a cancel waits for it."""
+    over: bool = False
+    """The handler is over."""
     queued: bool = True
     """Still waiting for its lane (heavy requests); false once its handler runs."""
     cancel_request_id: str | None = None
@@ -68,7 +71,9 @@ class Cancellations:
         """The request's handler is over (answered, failed or cancelled)."""
         if self._running.get(work.request_id) is work:
             del self._running[work.request_id]
-        work.done.set()
+        work.over = True
+        if work.done is not None:
+            work.done.set()
 
     def cancelled_early(self, request_id: str, sender: str) -> bool:
         """True (once) when ``sender`` cancelled this request before it arrived."""
@@ -122,10 +127,12 @@ class Cancellations:
         started = anyio.current_time()
         work.cancel_request_id = cancel_request_id
         work.scope.cancel()
-        with anyio.move_on_after(self.wait):
-            await work.done.wait()
+        if not work.over:
+            done = work.done = work.done or anyio.Event()
+            with anyio.move_on_after(self.wait):
+                await done.wait()
         took = anyio.current_time() - started
-        if not work.done.is_set():
+        if not work.over:
             logger.warning("request %s is still stopping %.1f s after its cancel",
                            work.request_id, took)  # fmt: skip
             return True

@@ -83,4 +83,11 @@ class NodeContext:
 
     def dataset_ids(self) -> list[str]:
         """Ids of the node's datasets, as announced in heartbeats."""
-        return [entry.dataset_id for entry in self.datasets.list()]
+        datasets = self.datasets
+        if not datasets.file_exists():
+            return []  # a node without datasets keeps no database open for announcing none
+        was_open = datasets.is_open
+        ids = [entry.dataset_id for entry in datasets.list()]
+        if not was_open:
+            datasets.release_file()  # opened for this heartbeat only: no descriptors held between
+        return ids

@@ -1,19 +1,23 @@
-"""Intake: consume the node's queue and hand each delivery to a worker.
+"""Intake: consume the node's queue with workers that take deliveries straight from it.
 
-Workers are tasks of their own that take deliveries one after the other; one more is started
-whenever a delivery finds every worker busy, so there are as many as requests were ever in
-flight at once (at most the prefetch, give or take chunked transfers). A task per delivery
-would be simpler, but starting an anyio task costs more than answering a ping.
+Workers are tasks of their own that read the consumer's stream themselves, each handling one
+delivery after the other: a delivery goes from the broker's callback to the worker that
+answers it with one wake-up, not two (a reader task handing it on to a worker through a second
+queue cost a scheduling hop per message). A worker that takes a delivery while no other worker
+waits starts one more first, so one always waits for the next delivery (a ping is answered
+while a node trains) and there are as many workers as requests were ever in flight at once,
+plus that one; sequential requests reuse the same workers. A task per delivery would be
+simpler, but starting an anyio task costs more than answering a ping.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+from anyio.abc import TaskGroup
 
-from broker_net.inbox import Inbox
 from broker_net.topology import QueueSpec
 from broker_net.transport import Delivery, Transport
 from node_agent.replier import settle_quietly
@@ -51,34 +55,31 @@ class Intake:
         self.stopping = stopping
         self.shutdown_grace = shutdown_grace
         self.ready = anyio.Event()
-        self.idle_workers = 0
-        """Workers waiting for a delivery (a worker just started counts as idle)."""
+        self._waiting: set[anyio.CancelScope] = set()
+        """The receiving scope of each worker waiting for a delivery."""
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers waiting for a delivery."""
+        return len(self._waiting)
 
     async def run(self) -> None:
         """Consume until stopped; return once every worker has finished or been cancelled."""
-        work = Inbox[Delivery]()
         async with self.transport.consume(self.queue, prefetch=self.prefetch) as deliveries:
             with anyio.CancelScope() as handlers_scope:
                 async with anyio.create_task_group() as handlers:
-                    with anyio.CancelScope() as receiving:
-                        handlers.start_soon(_cancel_when_set, self.stopping, receiving)
-                        self.ready.set()
-                        logger.info("consuming %s", self.queue.name)
-                        async for delivery in deliveries:
-                            work.put_nowait(delivery)
-                            if len(work) > self.idle_workers:
-                                self.idle_workers += 1  # counted idle until it takes one
-                                handlers.start_soon(self._work, work)
-                    self.stopping.set()
-                    # Deliveries no worker has started go back to the queue; the workers
-                    # finish what they hold within the grace period, then see the end.
-                    while len(work):
-                        await settle_quietly(work.receive_nowait().reject(requeue=True))
-                    work.close()
+                    handlers.start_soon(self._work, deliveries, handlers)
+                    self.ready.set()
+                    logger.info("consuming %s", self.queue.name)
+                    await self.stopping.wait()
+                    # Waiting workers stop now; busy ones finish what they hold within the
+                    # grace period, then stop.
+                    for receiving in list(self._waiting):
+                        receiving.cancel()
                     handlers_scope.deadline = anyio.current_time() + self.shutdown_grace
             if handlers_scope.cancelled_caught:
                 logger.warning("requests still running after the grace period go back to the queue")
-            # Deliveries prefetched but never handed up go back to the queue.
+            # Deliveries prefetched but never handed to a worker go back to the queue.
             while True:
                 try:
                     delivery = deliveries.receive_nowait()  # type: ignore[attr-defined]
@@ -86,21 +87,19 @@ class Intake:
                     break
                 await settle_quietly(delivery.reject(requeue=True))
 
-    async def _work(self, work: Inbox[Delivery]) -> None:
-        """A worker: handle deliveries one at a time until the inbox is closed."""
-        while True:
-            try:
-                delivery = await work.receive()
-            except anyio.EndOfStream:
-                self.idle_workers -= 1
-                return
-            self.idle_workers -= 1
-            try:
+    async def _work(self, deliveries: AsyncIterator[Delivery], workers: TaskGroup) -> None:
+        """A worker: take deliveries from the stream and handle them, one at a time."""
+        waiting = self._waiting
+        with anyio.CancelScope() as receiving:
+            while not self.stopping.is_set():
+                waiting.add(receiving)
+                try:
+                    delivery = await deliveries.__anext__()
+                except StopAsyncIteration:
+                    self.stopping.set()  # the consumer is gone: the agent stops
+                    return
+                finally:
+                    waiting.discard(receiving)
+                if not waiting:
+                    workers.start_soon(self._work, deliveries, workers)
                 await self.handle(delivery)
-            finally:
-                self.idle_workers += 1
-
-
-async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

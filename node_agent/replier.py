@@ -140,7 +140,8 @@ class ReplySender:
             await self._send(delivery, request_id, reply_to, outgoing)
             return
         body = outgoing.body_bytes()
-        outgoing = replace(outgoing, body=body)
+        if body is not outgoing.body:
+            outgoing = replace(outgoing, body=body)
         stored = StoredReply(body, reply_to, reply.type, header.message_id)
         if reply.type != "error" and request_header.message_type not in LIGHT_TYPES:
             # Written to disk while the reply goes out: the stored copy only serves to answer

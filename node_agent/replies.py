@@ -8,6 +8,7 @@ agent restart.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ class ReplyStore(SqliteStore):
                 "message_type TEXT, message_id TEXT, body BLOB, stored_at REAL)"
             ],
         )
-        with self._transaction() as db:
-            db.execute("DELETE FROM replies WHERE stored_at < ?", (time.time() - keep_seconds,))
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # Replies past their keeping time go when the file is first opened.
+        conn.execute("DELETE FROM replies WHERE stored_at < ?", (time.time() - self._keep_seconds,))
 
     def remember(self, request_id: str, reply: StoredReply) -> None:
         """Keep ``reply`` in memory."""
@@ -92,7 +95,7 @@ class ReplyStore(SqliteStore):
         """The reply sent for ``request_id``, if any (blocking on a memory miss)."""
         with self._lock:
             found = self._recent.get(request_id)
-            if found is not None:
+            if found is not None or not self.file_exists():
                 return found
             rows = self._query(
                 "SELECT body, reply_to, message_type, message_id FROM replies WHERE request_id = ?",

@@ -461,3 +461,9 @@ def test_to_message_validates_plain_data() -> None:
     )
     assert isinstance(error, ErrorMessage)
     assert error.code is ErrorCode.PLAN_NOT_APPROVED
+
+
+@pytest.mark.parametrize("tag", [["ping_request"], {"a": 1}, 3, None, b"ping_request"])
+def test_a_message_tag_of_any_type_only_raises_decode_error(tag: Any) -> None:
+    with pytest.raises(DecodeError):
+        decode_message(encode({"type": tag, "researcher_id": "alice"}))

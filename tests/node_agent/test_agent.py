@@ -114,7 +114,9 @@ async def test_requests_in_flight_run_at_once_on_as_many_workers(
         # four half-second requests together, not one after the other
         assert time.monotonic() - started < 1.5
         workers = agent.intake.idle_workers
-        assert 1 <= workers <= 4  # every worker is idle again, and none was started in vain
+        # every worker is idle again: one per request that ran at once, plus the one that
+        # waits for the next delivery; none was started in vain
+        assert 2 <= workers <= 5
         delay["seconds"] = 0
         for _ in range(20):
             ping = await researcher.ping(["n1"], timeout=2)
