@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,7 +182,9 @@ async def run(
             if url is not None:
                 console.print("the dashboard keeps showing the demo's job until Ctrl-C:")
                 print(f"dashboard: {url}", flush=True)
-                await anyio.sleep_forever()
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
             return result
 
 
