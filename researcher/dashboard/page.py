@@ -305,7 +305,7 @@ def _async_training(view: AsyncTrainingView) -> str:
         f'<div class="charts">{"".join(charts)}</div>'
         '<h4>Updates by fate</h4><table class="fates"><thead><tr>'
         f"{head}</tr></thead><tbody><tr>{fates}</tr></tbody></table>"
-        f"<h4>Requests in flight</h4>{in_flight}{versions}"
+        f"<h4>Requests in flight</h4>{in_flight}<h4>Last versions</h4>{versions}"
         '<p class="muted small">Staleness: versions published between the one an update was '
         "trained on and the one that applied it; at: seconds since training started.</p></div>"
     )

@@ -62,19 +62,25 @@ async def test_a_finished_asynchronous_job_shows_its_versions_staleness_and_fate
     assert "round" not in html.lower()
 
 
+def running_async_job(store: JobStore) -> str:
+    """An asynchronous task of at most 4 versions that has published none yet: requests u1
+    (n1) and u3 (n2) are in flight, u2 (n2) was lost; written as the task writes it."""
+    job = store.create_job(async_job(versions=4).spec, researcher_id="alice")
+    store.set_job_state(job.job_id, State.RUNNING, "running on n1, n2")
+    store.set_task_state(job.job_id, "train", State.RUNNING, "started")
+    store.record_update_sent(job.job_id, "train", 1, "u1", "n1", 0)
+    store.record_update_sent(job.job_id, "train", 1, "u2", "n2", 0)
+    store.record_update_sent(job.job_id, "train", 1, "u3", "n2", 0)
+    store.settle_update(
+        job.job_id, "train", 1,
+        UpdateRecord("u2", "n2", 0, UpdateStatus.LOST, reason="n2 went away"),
+    )  # fmt: skip
+    return job.job_id
+
+
 def test_a_running_asynchronous_task_shows_the_requests_in_flight(tmp_path: Path) -> None:
     with JobStore(tmp_path) as store:
-        job = store.create_job(async_job(versions=4).spec, researcher_id="alice")
-        store.set_job_state(job.job_id, State.RUNNING, "running on n1, n2")
-        store.set_task_state(job.job_id, "train", State.RUNNING, "started")
-        store.record_update_sent(job.job_id, "train", 1, "u1", "n1", 0)
-        store.record_update_sent(job.job_id, "train", 1, "u2", "n2", 0)
-        store.record_update_sent(job.job_id, "train", 1, "u3", "n2", 0)
-        store.settle_update(
-            job.job_id, "train", 1,
-            UpdateRecord("u2", "n2", 0, UpdateStatus.LOST, reason="n2 went away"),
-        )  # fmt: skip
-        detail = read_job(store, job.job_id)
+        detail = read_job(store, running_async_job(store))
 
     (view,) = detail.asynchronous
     assert (view.version, view.max_versions, view.versions) == (0, 4, [])
