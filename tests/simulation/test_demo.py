@@ -9,10 +9,12 @@ import httpx
 import pytest
 
 from researcher.dashboard.snapshot import read_job
+from researcher.errors import JobError
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
 from simulation.demo import NODES, run
 from simulation.demo_dashboard import demo_dashboard
+from simulation.demo_record import DemoRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +85,23 @@ async def test_the_demo_dashboard_serves_the_demo_folder(tmp_path: Path) -> None
             page = await http.get(url, timeout=30)
     assert page.status_code == 200
     assert "broker-net dashboard" in page.text and "no job store yet" in page.text
+
+
+def test_a_failed_demo_leaves_a_failed_job_and_no_task_running(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no dataset"):
+        with DemoRecord(
+            tmp_path, "demo-researcher", rounds=3, training_args={}, secagg=False
+        ) as record:
+            with record.task("approve"):
+                pass
+            with record.task("stats"):
+                raise JobError("no dataset")
+    with JobStore(tmp_path) as store:
+        (job,) = store.jobs()
+        tasks = {task.name: (task.state, task.reason) for task in store.tasks(job.job_id)}
+
+    assert job.state is State.FAILED and job.owner is None
+    assert job.reason == "the demo failed: JobError: no dataset"
+    assert tasks["approve"] == (State.SUCCESS, "done")
+    assert tasks["stats"] == (State.FAILED, "no dataset")
+    assert {tasks[name][0] for name in ("check", "scale", "train")} == {State.CANCELED}
