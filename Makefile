@@ -20,12 +20,12 @@ broker: ## Make sure the local RabbitMQ (with its management API) is up.
 browser: ## Make sure Debian's chromium and chromedriver are installed (the dashboard tests drive them).
 	@bash scripts/ensure-browser.sh
 
-demo: $(STAMP) ## The main job: a federated run end to end (in memory if no broker is reachable).
+demo: $(STAMP) ## The main job: a federated run end to end (in memory if no broker is reachable; DASHBOARD=1: with the dashboard).
 	@if bash scripts/ensure-broker.sh --quiet; then \
-		$(BIN)/python -m simulation.demo; \
+		$(BIN)/python -m simulation.demo $(if $(DASHBOARD),--dashboard); \
 	else \
 		echo "No RabbitMQ broker can be reached or started here: running the same story as a simulation on the in-memory transport."; \
-		$(BIN)/python -m simulation.demo --simulate; \
+		$(BIN)/python -m simulation.demo --simulate $(if $(DASHBOARD),--dashboard); \
 	fi
 
 test: $(STAMP) broker browser ## Install, make sure the broker and the browser are there, run the whole suite.

@@ -7,12 +7,17 @@ federated standardisation and FedAvg rounds, ending with the federated model's t
 next to a centrally trained one. ``--simulate`` runs the same story in one process on the in-memory
 transport; ``--external-nodes`` drives node agents started elsewhere (docker-compose);
 ``--secagg`` runs the FedAvg rounds with secure aggregation.
+
+The run is recorded as a job of the researcher's job store in the demo's researcher data
+folder (:mod:`simulation.demo_record`); ``--dashboard`` serves ``researcher dashboard`` on it
+beside the demo (:mod:`simulation.demo_dashboard`) and prints its URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +41,10 @@ from node_agent.agent import NodeAgent
 from node_agent.plans import PlanRegistry
 from node_agent.settings import NodeSettings
 from researcher.requests.router import Requests
+from simulation.demo_dashboard import demo_dashboard
+from simulation.demo_record import DemoRecord
 from simulation.demo_setup import register_demo_shard
-from simulation.demo_story import StoryResult, tell
+from simulation.demo_story import TRAINING_ARGS, StoryResult, tell
 
 NODES = ("hospital-a", "hospital-b", "hospital-c")
 RESEARCHER = os.environ.get("BROKER_NET_RESEARCHER_RESEARCHER_ID", "demo-researcher")
@@ -113,20 +120,39 @@ async def run(
     external_nodes: list[str] | None = None,
     node_data_root: Path | None = None,
     secagg: bool = False,
+    dashboard: bool = False,
+    researcher_dir: Path | None = None,
 ) -> StoryResult:
-    """Run the demo story and return its figures."""
+    """Run the demo story and return its figures; with ``dashboard``, serve the dashboard
+    beside it and, once the story is told, until cancelled (Ctrl-C).
+
+    Args:
+        researcher_dir: the researcher's data folder (keys, the job store); default: one in
+            a temporary folder removed at the end.
+    """
     mode = "SIMULATION on the in-memory transport" if simulate else f"RabbitMQ at {_safe(amqp_url)}"
     console.rule(f"broker-net demo: {mode}")
     nodes = list(external_nodes or NODES)
     broker = MemoryBroker()
     with tempfile.TemporaryDirectory(prefix="broker-net-demo-") as tmp:
         root = node_data_root or Path(tmp)
-        researcher_dir = Path(tmp) / RESEARCHER
+        researcher_dir = researcher_dir or Path(tmp) / RESEARCHER
         async with AsyncExitStack() as stack:
             if external_nodes is not None:
                 with console.status("waiting for the node agents' identities..."):
                     await _wait_for_identities(root, nodes)
             security = await anyio.to_thread.run_sync(_introduce, researcher_dir, root, nodes)
+            record = stack.enter_context(
+                DemoRecord(researcher_dir, RESEARCHER, rounds=rounds,
+                           training_args=TRAINING_ARGS, secagg=secagg)
+            )  # fmt: skip
+            url = None
+            if dashboard:
+                url = await stack.enter_async_context(
+                    demo_dashboard(researcher_dir, amqp_url=amqp_url, namespace=namespace,
+                                   researcher_id=RESEARCHER)
+                )  # fmt: skip
+                print(f"dashboard: {url}", flush=True)
             transport: MemoryTransport | AmqpTransport = MemoryTransport(broker)
             if not simulate:  # connected first: a broker it cannot reach fails the demo at once
                 transport = AmqpTransport(amqp_url, connection_name="researcher:demo")
@@ -149,9 +175,17 @@ async def run(
             )
             with console.status(f"waiting for node agents {', '.join(nodes)}..."):
                 await requests.wait_for_nodes(nodes, timeout=90)
-            return await tell(
-                requests, nodes, _operator(root), console, rounds=rounds, secagg=secagg
+            result = await tell(
+                requests, nodes, _operator(root), console, record, rounds=rounds, secagg=secagg
             )
+            record.finish()
+            if url is not None:
+                console.print("the dashboard keeps showing the demo's job until Ctrl-C:")
+                print(f"dashboard: {url}", flush=True)
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+            return result
 
 
 def _introduce(researcher_dir: Path, root: Path, nodes: list[str]) -> Security:
@@ -206,6 +240,13 @@ def main(
     secagg: Annotated[
         bool, typer.Option(help="Aggregate with secure aggregation: only masked updates travel.")
     ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the dashboard on 127.0.0.1 beside the demo and print its URL; it "
+            "keeps serving after the demo until Ctrl-C."
+        ),
+    ] = False,
 ) -> None:
     """Run the broker-net demo end to end."""
     started = time.monotonic()
@@ -217,9 +258,14 @@ def main(
             lambda: run(
                 simulate=simulate, amqp_url=amqp_url, namespace=namespace, rounds=rounds,
                 non_iid=non_iid, external_nodes=nodes, node_data_root=node_data_root,
-                secagg=secagg,
+                secagg=secagg, dashboard=dashboard,
             )
         )  # fmt: skip
+    except KeyboardInterrupt:
+        if not dashboard:
+            raise
+        console.print("dashboard stopped")
+        return
     except Exception as exc:  # one line, as every command reports its failure
         failure = _first_failure(exc)
         hint = "" if simulate else "; `broker-net-demo run --simulate` runs it without a broker"

@@ -1,5 +1,6 @@
 """The demo's federated story, told against any :class:`Requests`: datasets, plan approval,
-federated analytics, federated standardisation, FedAvg rounds and the final comparison."""
+federated analytics, federated standardisation, FedAvg rounds and the final comparison; each
+step is recorded as a task of the demo's job (:mod:`simulation.demo_record`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from researcher.jobs.preprocessing import PreprocRequestJob
 from researcher.requests.policies import DiscardOnTimeout, StopOnError
 from researcher.requests.router import Requests
 from simulation.demo_plan import BreastCancerPlan
+from simulation.demo_record import DemoRecord
 from simulation.sample_data import TARGET, breast_cancer
 from training_plans.plan import plan_source
 
@@ -45,16 +47,20 @@ async def tell(
     nodes: Sequence[str],
     approve: Approver,
     console: Console,
+    record: DemoRecord,
     *,
     rounds: int = 10,
     secagg: bool = False,
 ) -> StoryResult:
-    """Run the whole story and print it; with ``secagg`` the FedAvg rounds use secure
-    aggregation."""
+    """Run the whole story, print it and ``record`` it; with ``secagg`` the FedAvg rounds use
+    secure aggregation."""
     datasets = await _find_datasets(requests, nodes, console)
-    await _approve_plan(requests, nodes, approve, console)
-    features, mean, std = await _analytics(requests, datasets, console)
-    state_ids = await _standardise(requests, datasets, features, mean, std, console)
+    record.nodes(datasets)
+    await _approve_plan(requests, nodes, approve, console, record)
+    with record.task("stats"):
+        features, mean, std = await _analytics(requests, datasets, console)
+    with record.task("scale"):
+        state_ids = await _standardise(requests, datasets, features, mean, std, console)
     experiment = Experiment(
         requests,
         plan=BreastCancerPlan,
@@ -67,8 +73,11 @@ async def tell(
         min_replies=len(nodes),
         experiment_id=EXPERIMENT,
         secagg=secagg,
+        hooks=record.hooks,
+        monitor=record.progress,
     )
-    result = await _train(experiment, console)
+    with record.task("train", f"{rounds} rounds done"):
+        result = await _train(experiment, console, record)
     return _compare(result, features, mean, std, rounds, console)
 
 
@@ -98,23 +107,29 @@ async def _find_datasets(
 
 
 async def _approve_plan(
-    requests: Requests, nodes: Sequence[str], approve: Approver, console: Console
+    requests: Requests,
+    nodes: Sequence[str],
+    approve: Approver,
+    console: Console,
+    record: DemoRecord,
 ) -> None:
     source = plan_source(BreastCancerPlan)
-    submitted = await TrainingPlanApproveJob(
-        requests, training_plan=source, description="demo: logistic regression", nodes=nodes
-    ).execute()
-    table = Table(title="2. Training plan approval")
-    for column in ("node", "plan id", "after submission", "after review"):
-        table.add_column(column)
-    for node in nodes:
-        reply = submitted.get(node)
-        if reply is None or reply.training_plan_id is None:
-            raise JobError(f"node {node} did not register the training plan")
-        await approve(node, reply.training_plan_id)
-    checked = await TrainingPlanCheckJob(
-        requests, experiment_id=EXPERIMENT, training_plan=source, nodes=nodes
-    ).execute()
+    with record.task("approve", "approved by every node's operator"):
+        submitted = await TrainingPlanApproveJob(
+            requests, training_plan=source, description="demo: logistic regression", nodes=nodes
+        ).execute()
+        table = Table(title="2. Training plan approval")
+        for column in ("node", "plan id", "after submission", "after review"):
+            table.add_column(column)
+        for node in nodes:
+            reply = submitted.get(node)
+            if reply is None or reply.training_plan_id is None:
+                raise JobError(f"node {node} did not register the training plan")
+            await approve(node, reply.training_plan_id)
+    with record.task("check"):
+        checked = await TrainingPlanCheckJob(
+            requests, experiment_id=EXPERIMENT, training_plan=source, nodes=nodes
+        ).execute()
     for node in nodes:
         plan_id = submitted[node].training_plan_id or ""
         status = checked[node].status.value if node in checked else "no answer"
@@ -179,7 +194,7 @@ async def _standardise(
     return dict(applied.state_ids)
 
 
-async def _train(experiment: Experiment, console: Console) -> ExperimentResult:
+async def _train(experiment: Experiment, console: Console, record: DemoRecord) -> ExperimentResult:
     how = " with secure aggregation" if experiment.secagg else ""
     console.print(
         f"5. FedAvg{how}: {experiment.rounds} rounds over {len(experiment.datasets)} nodes"
@@ -193,11 +208,12 @@ async def _train(experiment: Experiment, console: Console) -> ExperimentResult:
     ) as progress:
         task = progress.add_task("training", total=experiment.rounds)
 
-        def on_round(record: RoundRecord) -> None:
-            accuracy = record.aggregated_metrics.get("accuracy", float("nan"))
+        def on_round(done: RoundRecord) -> None:
+            record.round(done, experiment.params)
+            accuracy = done.aggregated_metrics.get("accuracy", float("nan"))
             progress.update(
                 task, advance=1,
-                description=f"round {record.round}: validation accuracy {accuracy:.3f}",
+                description=f"round {done.round}: validation accuracy {accuracy:.3f}",
             )  # fmt: skip
 
         result = await experiment.run(on_round)

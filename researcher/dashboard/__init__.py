@@ -4,6 +4,12 @@
 """
 
 from researcher.dashboard.app import Dashboard, TokenGate
+from researcher.dashboard.async_view import (
+    AsyncTrainingView,
+    InFlightUpdate,
+    VersionView,
+    read_async_training,
+)
 from researcher.dashboard.charts import Series, line_chart
 from researcher.dashboard.dag_view import dag_svg
 from researcher.dashboard.page import page_html, sections
@@ -26,8 +32,10 @@ from researcher.dashboard.snapshot import (
 from researcher.dashboard.watch import BrokerWatch, NodeRow, QueueRow, SourceStatus
 
 __all__ = [
+    "AsyncTrainingView",
     "BrokerWatch",
     "Dashboard",
+    "InFlightUpdate",
     "JobDetail",
     "JobRow",
     "NodeRound",
@@ -43,12 +51,14 @@ __all__ = [
     "TaskRow",
     "TokenGate",
     "TrainingView",
+    "VersionView",
     "bind",
     "dag_svg",
     "is_loopback",
     "line_chart",
     "page_html",
     "pick_job",
+    "read_async_training",
     "read_job",
     "read_jobs",
     "sections",

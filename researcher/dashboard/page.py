@@ -3,7 +3,8 @@
 :func:`sections` renders each section (``status``, ``jobs``, ``job``, ``nodes``) of a
 :class:`~researcher.dashboard.snapshot.Snapshot`; :func:`page_html` puts them in the page.
 Every value from the store or the broker is escaped. Elements a person or a test looks for
-carry data attributes: ``data-job``, ``data-state``, ``data-round``, ``data-node``.
+carry data attributes: ``data-job``, ``data-state``, ``data-round``, ``data-node`` (and for an
+asynchronous training task ``data-version``, ``data-fate``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from datetime import datetime
 from html import escape
 from urllib.parse import urlencode
 
+from researcher.dashboard.async_view import AsyncTrainingView
 from researcher.dashboard.charts import PALETTE, Series, line_chart
 from researcher.dashboard.dag_view import dag_svg
-from researcher.dashboard.snapshot import JobDetail, RoundView, Snapshot, TrainingView
+from researcher.dashboard.snapshot import (
+    JobDetail,
+    ProgressPoint,
+    RoundView,
+    Snapshot,
+    TrainingView,
+)
 from researcher.dashboard.watch import NodeRow
 
 METRICS_CHARTED = 4
@@ -116,6 +124,7 @@ def _job(detail: JobDetail | None) -> str:
         for t in detail.tasks
     )
     training = "".join(_training(view) for view in detail.training)
+    training += "".join(_async_training(view) for view in detail.asynchronous)
     return (
         f'<h2 data-job="{escape(job.job_id)}">Job {escape(job.name)} {_badge(job.state)}</h2>'
         f'<p class="muted">{escape(job.job_id)} · nodes: {escape(nodes)} · '
@@ -144,7 +153,7 @@ def _training(view: TrainingView) -> str:
     colours = {node: PALETTE[index % len(PALETTE)] for index, node in enumerate(nodes)}
     charts = [_metric_chart(name, finished, colours) for name in _metric_names(finished)]
     charts.append(_time_chart(finished, colours))
-    charts.extend(_live_charts(view, colours))
+    charts.extend(_live_charts(view.progress, colours))
     return (
         f'<div class="training" data-task="{escape(view.task)}">'
         f"<h3>Training {escape(view.task)}: {counter}</h3>"
@@ -180,18 +189,18 @@ def _time_chart(rounds: list[RoundView], colours: dict[str, str]) -> str:
     return line_chart("request round trip (s)", _by_node(by_node, colours), x_label="round")
 
 
-def _live_charts(view: TrainingView, colours: dict[str, str]) -> list[str]:
+def _live_charts(progress: list[ProgressPoint], colours: dict[str, str]) -> list[str]:
     """What the nodes reported while training, by seconds since the first report shown
     (counters left out)."""
-    if not view.progress:
+    if not progress:
         return []
-    names = sorted({name for p in view.progress for name in p.values} - COUNTERS)
+    names = sorted({name for p in progress for name in p.values} - COUNTERS)
     names = names[:METRICS_CHARTED]
-    start = min(p.at for p in view.progress)
+    start = min(p.at for p in progress)
     charts = []
     for name in names:
         by_node: dict[str, list[tuple[float, float]]] = {}
-        for p in view.progress:
+        for p in progress:
             if name in p.values:
                 x = _seconds_between(start, p.at)
                 by_node.setdefault(p.node_id, []).append((x, p.values[name]))
@@ -234,6 +243,71 @@ def _rounds_table(rounds: list[RoundView]) -> str:
         '<table class="rounds"><thead><tr><th>round</th><th>took</th>'
         f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<p class="muted small">Each node: request round trip (its work in brackets).</p>'
+    )
+
+
+def _async_training(view: AsyncTrainingView) -> str:
+    """An asynchronous task: versions (not rounds), their metrics and staleness, what became
+    of the updates, and the requests the nodes are working on."""
+    cap = "" if view.max_versions is None else f" of {view.max_versions}"
+    counter = (
+        f'<span class="version-counter" data-task="{escape(view.task)}" '
+        f'data-version="{view.version}" data-versions="{view.max_versions or ""}">'
+        f"version {view.version}{cap}</span>"
+    )
+    if view.in_flight:
+        counter += f' <span class="muted">· {len(view.in_flight)} request(s) in flight</span>'
+    nodes = sorted({p.node_id for p in view.progress} | {u.node_id for u in view.in_flight})
+    colours = {node: PALETTE[index % len(PALETTE)] for index, node in enumerate(nodes)}
+    names = sorted({name for v in view.versions for name in v.metrics})[:METRICS_CHARTED]
+    charts = [
+        line_chart(name, [Series("model version", [(v.number, v.metrics[name])
+                   for v in view.versions if name in v.metrics], emphasis=True)],
+                   x_label="version")
+        for name in names
+    ]  # fmt: skip
+    staleness = [
+        Series("mean", [(v.number, v.mean_staleness) for v in view.versions], emphasis=True),
+        Series("max", [(v.number, float(max(v.staleness, default=0))) for v in view.versions]),
+    ]
+    charts.append(line_chart("staleness of applied updates", staleness, x_label="version"))
+    charts.extend(_live_charts(view.progress, colours))
+    fates = "".join(
+        f'<td data-fate="{escape(fate)}">{count}</td>' for fate, count in view.fates.items()
+    )
+    head = "".join(f"<th>{escape(fate.replace('_', ' '))}</th>" for fate in view.fates)
+    flying = "".join(
+        f'<tr data-node="{escape(u.node_id)}"><td>{escape(u.node_id)}</td>'
+        f"<td>{u.base_version}</td><td>{_seconds(u.waited)}</td></tr>"
+        for u in view.in_flight
+    )
+    in_flight = (
+        "<table><thead><tr><th>node</th><th>trains on version</th><th>waited</th></tr>"
+        f"</thead><tbody>{flying}</tbody></table>"
+        if flying
+        else '<p class="muted">No request in flight.</p>'
+    )
+    listed = "".join(
+        f'<tr data-version="{v.number}"><td>{v.number}</td><td>{v.elapsed:.1f} s</td>'
+        f"<td>{escape(', '.join(v.nodes))}</td>"
+        f"<td>{escape(', '.join(str(s) for s in v.staleness))}</td></tr>"
+        for v in reversed(view.versions[-ROUNDS_LISTED:])
+    )
+    versions = (
+        '<table class="versions"><thead><tr><th>version</th><th>at</th><th>updates from</th>'
+        f"<th>their staleness</th></tr></thead><tbody>{listed}</tbody></table>"
+        if listed
+        else '<p class="muted">No version yet.</p>'
+    )
+    return (
+        f'<div class="training async" data-task="{escape(view.task)}">'
+        f"<h3>Asynchronous training {escape(view.task)}: {counter}</h3>"
+        f'<div class="charts">{"".join(charts)}</div>'
+        '<h4>Updates by fate</h4><table class="fates"><thead><tr>'
+        f"{head}</tr></thead><tbody><tr>{fates}</tr></tbody></table>"
+        f"<h4>Requests in flight</h4>{in_flight}<h4>Last versions</h4>{versions}"
+        '<p class="muted small">Staleness: versions published between the one an update was '
+        "trained on and the one that applied it; at: seconds since training started.</p></div>"
     )
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from researcher.dashboard.async_view import AsyncTrainingView, read_async_training
 from researcher.dashboard.watch import NodeRow, QueueRow, SourceStatus
 from researcher.orchestration.lifecycle import State
 from researcher.orchestration.spec import JobSpec
@@ -26,7 +27,7 @@ from researcher.orchestration.store.records import (
     ProgressRecord,
     TaskRecord,
 )
-from researcher.orchestration.task_specs import TrainingTask
+from researcher.orchestration.task_specs import AsyncTrainingTask, TrainingTask
 
 JOBS_SHOWN = 50
 """The newest jobs the dashboard lists."""
@@ -125,11 +126,13 @@ class TrainingView:
 
 @dataclass(frozen=True)
 class JobDetail:
-    """One job in detail: its tasks and its training."""
+    """One job in detail: its tasks, its training by rounds, and its asynchronous training
+    (by model versions)."""
 
     job: JobRow
     tasks: list[TaskRow]
     training: list[TrainingView]
+    asynchronous: list[AsyncTrainingView] = field(default_factory=list)
 
 
 def read_jobs(store: JobStore, limit: int = JOBS_SHOWN) -> list[JobRow]:
@@ -189,12 +192,19 @@ def read_job(
         )
         for t in records
     ]
-    training = []
+    training, asynchronous = [], []
     for record in records:
         task_spec = specs.get(record.name)
-        if isinstance(task_spec, TrainingTask) and record.inherited_from is None:
+        if record.inherited_from is not None:
+            continue
+        if isinstance(task_spec, TrainingTask):
             training.append(_training(store, job_id, record, task_spec.rounds, progress, now))
-    return JobDetail(job=_job_row(job), tasks=tasks, training=training)
+        elif isinstance(task_spec, AsyncTrainingTask):
+            asynchronous.append(read_async_training(
+                store, job_id, record, task_spec.fedbuff.max_versions, _live(record, progress),
+                now,
+            ))  # fmt: skip
+    return JobDetail(job=_job_row(job), tasks=tasks, training=training, asynchronous=asynchronous)
 
 
 def _job_row(job: JobRecord | JobSummary) -> JobRow:

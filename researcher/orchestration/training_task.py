@@ -86,12 +86,12 @@ async def run_training_task(ctx: TaskContext, task: TrainingTask) -> dict[str, A
         if record.evaluation is not None:
             store.add_node_results(job_id, task.name, ctx.attempt,
                                    f"{EVALUATION_SLOT}{record.round}", record.round,
-                                   _round_results(record.evaluation))  # fmt: skip
+                                   round_results(record.evaluation))  # fmt: skip
         store.commit_round(
             job_id, task.name, ctx.attempt,
             RoundRow(task.name, ctx.attempt, record.round, record.request_id,
                      record.aggregated_metrics, record.failed, record.duration, now_text()),
-            _round_results(record), path, task.rounds,
+            round_results(record), path, task.rounds,
         )  # fmt: skip
 
     await experiment.run(on_round, first_round=len(done) + 1)
@@ -159,7 +159,7 @@ def _evaluation(ctx: TaskContext, task: TrainingTask) -> Evaluation | None:
     )  # fmt: skip
 
 
-def _round_results(record: RoundRecord | EvaluationRecord) -> list[NodeResult]:
+def round_results(record: RoundRecord | EvaluationRecord) -> list[NodeResult]:
     results = []
     for node in sorted(set(record.timings) | set(record.nodes) | set(record.failed)):
         timing = record.timings.get(node)

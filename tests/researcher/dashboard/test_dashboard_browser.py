@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium and chromedriver): the page
 loads with its token and refuses any other; a running job shows, its round counter and a
-chart advance without a reload, and a node that is killed turns red.
+chart advance without a reload, and a node that is killed turns red; an asynchronous task's
+version counter and update fates advance as it publishes a version.
 
 Set ``BROKER_NET_DASHBOARD_SCREENSHOT=<file.png>`` to keep a screenshot of the page while the
 job runs (docs/images/dashboard.png is one).
@@ -25,12 +26,14 @@ from broker_net.amqp import AmqpTransport
 from broker_net.crypto.authentication import Security
 from broker_net.crypto.introductions import introduce
 from broker_net.topology import Topology
+from researcher.jobs.buffered_records import UpdateRecord, UpdateStatus, VersionRecord
 from researcher.orchestration.fedjob import FedJob
 from researcher.orchestration.store.job_store import JobStore
 from researcher.requests.router import Requests
 from simulation.demo_setup import register_demo_shard
 from simulation.federation import operator
 from tests.conftest import MANAGEMENT_URL
+from tests.researcher.dashboard.test_async_dashboard import running_async_job
 from tests.researcher.orchestration.test_scheduler import training_job
 from tests.support.browser import headless_chromium
 from tests.support.dashboard_process import RunningDashboard, dashboard_process
@@ -251,3 +254,41 @@ def test_a_wrong_token_is_refused_and_the_page_works_without_a_broker(tmp_path: 
         snapshot = refused(dashboard, "/snapshot.json", dashboard.token).json()
         assert snapshot["store"]["jobs"] == [] and snapshot["sources"][1]["ok"] is False
         assert httpx.post(dashboard.url, timeout=10).status_code == 405
+
+
+def test_an_asynchronous_task_advances_by_versions_without_a_reload(tmp_path: Path) -> None:
+    data_dir = tmp_path / "researcher"
+    with JobStore(data_dir) as store:
+        job_id = running_async_job(store)
+    env = {
+        "BROKER_NET_RESEARCHER_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+        "BROKER_NET_RESEARCHER_MANAGEMENT_URL": "http://127.0.0.1:1",
+        "BROKER_NET_RESEARCHER_DATA_DIR": str(data_dir),
+        "BROKER_NET_RESEARCHER_SECURITY": "false",
+    }
+    counter = '.version-counter[data-task="train"]'
+    with dashboard_process(env, "--interval", "0.5") as dashboard, headless_chromium() as driver:
+        driver.get(dashboard.url)
+        driver.execute_script("window.loadedOnce = true;")
+        wait_for(driver, "version 0 of 4 shows", lambda d: (
+            attribute(d, counter, "data-version"), attribute(d, counter, "data-versions")
+        ) == ("0", "4"))  # fmt: skip
+        assert attribute(driver, 'td[data-fate="in_flight"]', "data-fate") == "in_flight"
+        with JobStore(data_dir) as store:
+            applied = [
+                UpdateRecord(rid, node, 0, UpdateStatus.APPLIED, staleness=0, weight=1.0,
+                             applied_in=1, sample_size=10, metrics={"accuracy": 0.9})
+                for rid, node in (("u1", "n1"), ("u3", "n2"))
+            ]  # fmt: skip
+            version = VersionRecord(1, {"accuracy": 0.9}, ["u1", "u3"], ["n1", "n2"], [0, 0], 1.5)
+            model = store.model_dir(job_id, "train", 1) / "version-1.npz"
+            store.commit_version(job_id, "train", 1, version, applied, model, "version 1")
+        wait_for(driver, "the version counter advances",
+                 lambda d: attribute(d, counter, "data-version") == "1")  # fmt: skip
+        fates = driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('td[data-fate]')]"
+            ".map(td => [td.dataset.fate, td.textContent]));"
+        )
+        assert fates["applied"] == "2" and fates["in_flight"] == "0"
+        assert number(driver, 'svg.chart[data-chart="accuracy"]', "data-points") == 1
+        assert driver.execute_script("return window.loadedOnce === true;"), "the page reloaded"
