@@ -132,6 +132,17 @@ def run_job(job: dict[str, Any], cache: PlanCache | None = None) -> dict[str, An
         }
 
 
+def _loaded_plan(job: dict[str, Any], cache: PlanCache, *, n_features: int) -> TrainingPlan:
+    """The job's plan, its model made from ``model_args`` and set to the job's parameters."""
+    model_args = {"n_features": n_features, **job["model_args"]}
+    plan = cache.get(job["source"], job["class_name"])
+    _stage("init", lambda: plan.init_model(model_args))
+    params = {name: np.array(value) for name, value in job["params"].items()}
+    if params:
+        _stage("set_params", lambda: plan.set_params(params))
+    return plan
+
+
 def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
     columns: list[str] = list(job["columns"])
     values = np.array(job["values"], dtype=np.float64)
@@ -142,12 +153,7 @@ def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
     train, validation = split_rows(
         len(y), float(job["validation_fraction"]), int(job["split_seed"]), training=training
     )
-    model_args = {"n_features": x.shape[1], **job["model_args"]}
-    plan = cache.get(job["source"], job["class_name"])
-    _stage("init", lambda: plan.init_model(model_args))
-    params = {name: np.array(value) for name, value in job["params"].items()}
-    if params:
-        _stage("set_params", lambda: plan.set_params(params))
+    plan = _loaded_plan(job, cache, n_features=x.shape[1])
     aux_var = dict(job.get("aux_var") or {})
     if aux_var:
         _stage("set_aux_var", lambda: plan.set_aux_var(aux_var))
@@ -185,12 +191,7 @@ def _run(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
 
 def _predict(job: dict[str, Any], cache: PlanCache) -> dict[str, Any]:
     x = np.array(job["values"], dtype=np.float64)
-    model_args = {"n_features": x.shape[1], **job["model_args"]}
-    plan = cache.get(job["source"], job["class_name"])
-    _stage("init", lambda: plan.init_model(model_args))
-    params = {name: np.array(value) for name, value in job["params"].items()}
-    if params:
-        _stage("set_params", lambda: plan.set_params(params))
+    plan = _loaded_plan(job, cache, n_features=x.shape[1])
     predictions = _stage("predict", lambda: np.asarray(plan.predict(x), dtype=np.float64))
     if predictions.shape != (len(x),):
         error = ValueError(f"predict gave shape {predictions.shape}, not one value per row")
