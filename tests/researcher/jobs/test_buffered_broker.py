@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import aio_pika
 import anyio
 import pytest
 
+from broker_net.amqp import AmqpTransport
+from broker_net.topology import Topology
 from researcher.jobs.buffered import BufferedExperiment
 from researcher.jobs.buffered_records import StopWhen, UpdateStatus
 from researcher.jobs.fedbuff import FedBuffSettings
@@ -100,3 +103,45 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
     assert {u.node_id for u in ended} <= {FAST, SLOW, LATE}
     assert set(by_status) <= {UpdateStatus.APPLIED, UpdateStatus.STALE, UpdateStatus.LOST,
                               UpdateStatus.CANCELLED, UpdateStatus.UNAPPLIED}  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+async def test_after_asynchronous_training_no_answer_to_its_cancels_is_left_in_the_reply_queue(
+    agents: AgentProcesses, amqp_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The slow node's request is in flight when training ends: it is cancelled, and both of
+    its node's answers (the request's CANCELLED error and the cancel's reply) are taken before
+    the run returns, so the next process with this researcher id finds the queue empty."""
+    datasets = {
+        node: register_demo_shard(tmp_path / node, index, 2)[0].dataset_id
+        for index, node in enumerate([FAST, SLOW])
+    }
+    agents.start(FAST, wait=False, env=NO_APPROVAL)
+    agents.start(SLOW, "--train-delay", "60", wait=False, env=NO_APPROVAL)
+    for node in (FAST, SLOW):
+        agents.wait_ready(node)
+    async with (
+        AmqpTransport(amqp_url, connection_name="researcher") as transport,
+        Requests(transport, "carol", topology=topology, presence_check_interval=0.2) as requests,
+    ):
+        await requests.wait_for_nodes([FAST, SLOW], timeout=20)
+        experiment = BufferedExperiment(
+            requests, plan=BreastCancerPlan, datasets=datasets, model_args={"n_features": 30},
+            training_args={"epochs": 1, "learning_rate": 1e-5, "batch_size": 32},
+            settings=FedBuffSettings(buffer_size=1), stop=StopWhen(max_versions=2),
+            request_timeout=90,
+        )  # fmt: skip
+        result = await experiment.run()
+        cancelled = [u.request_id for u in result.updates if u.status is UpdateStatus.CANCELLED]
+        late = {(late.request_id, late.node_id) for late in requests.late_replies}
+        unanswered = requests.reply_log.cancels_unanswered(cancelled)
+
+    assert result.version == 2, result.stopped_because
+    slow = [u for u in result.updates if u.node_id == SLOW]
+    assert [(u.status, u.request_id) for u in slow] == [(UpdateStatus.CANCELLED, cancelled[0])]
+    assert (cancelled[0], SLOW) in late  # the request's own answer came
+    assert unanswered == set()  # and the cancel's
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.researcher_queue("carol").name, passive=True)
+        assert queue.declaration_result.message_count == 0
