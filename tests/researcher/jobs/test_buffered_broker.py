@@ -1,7 +1,8 @@
 """Asynchronous training over RabbitMQ with node agent processes of very different speeds: one
-5x slower, one joining late, one killed mid-job. Training completes and every update is
-accounted for: applied, dropped as stale, or lost with its node named (or, at the end,
-cancelled or left in the buffer)."""
+about 5x slower (its rounds, not only its added delay), one joining late, one killed mid-job.
+Training completes and every update is accounted for: applied, dropped as stale, or lost with
+its node named (or, at the end, cancelled or left in the buffer). And once it ended, no answer
+to the requests it cancelled is left in the researcher's reply queue."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 
 FAST, SLOW, LATE, DOOMED = "fast", "slow", "late", "doomed"
 NODES = [FAST, SLOW, LATE, DOOMED]
-DELAY = 1.0  # seconds each training takes on top of the plan's own time; 5x on the slow node
+DELAY = 1.0  # seconds each training takes on top of the plan's own time (more on the slow node)
+SLOWER = 5  # the slow node's round against a fast node's
 VERSIONS = 14
 NO_APPROVAL = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"}
 
@@ -40,16 +42,21 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
         for index, node in enumerate(NODES)
     }
     agents.start(FAST, "--train-delay", str(DELAY), wait=False, env=NO_APPROVAL)
-    agents.start(SLOW, "--train-delay", str(5 * DELAY), wait=False, env=NO_APPROVAL)
     agents.start(DOOMED, "--train-delay", str(DELAY), wait=False, env=NO_APPROVAL)
-    for node in (FAST, SLOW, DOOMED):
+    for node in (FAST, DOOMED):
         agents.wait_ready(node)
-    await requests.wait_for_nodes([FAST, SLOW, DOOMED], timeout=20)
+    await requests.wait_for_nodes([FAST, DOOMED], timeout=20)
 
     sent: list[tuple[str, str, int]] = []
-    kill_now, start_late = anyio.Event(), anyio.Event()
+    kill_now, start_slow, start_late = anyio.Event(), anyio.Event(), anyio.Event()
+    fast_rounds: list[float] = []
 
     def on_version(version, params, applied) -> None:  # type: ignore[no-untyped-def]
+        # A fast round is DELAY plus the plan's own time, which the slow node takes too: its
+        # delay makes its round SLOWER times the quickest of the first two fast rounds.
+        fast_rounds.extend(u.round_trip for u in applied if u.round_trip is not None)
+        if len(fast_rounds) >= 2:
+            start_slow.set()
         if version.version >= 2 and DOOMED in {u.node_id for u in applied}:
             kill_now.set()
         if version.version >= 4:
@@ -58,7 +65,7 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
     experiment = BufferedExperiment(
         requests, plan=BreastCancerPlan, datasets=datasets, model_args={"n_features": 30},
         training_args={"epochs": 1, "learning_rate": 1e-5, "batch_size": 32},
-        settings=FedBuffSettings(buffer_size=2, max_staleness=6),
+        settings=FedBuffSettings(buffer_size=2, max_staleness=10),
         stop=StopWhen(max_versions=VERSIONS, time_budget=150),
         request_timeout=60, disconnect_grace=1.0, on_version=on_version,
         on_send=lambda request_id, node, version: sent.append((request_id, node, version)),
@@ -72,8 +79,17 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
             lambda: agents.start(LATE, "--train-delay", str(DELAY), env=NO_APPROVAL)
         )
 
+    async def slow_node() -> None:
+        await start_slow.wait()
+        fast = min(fast_rounds[:2])
+        delay = SLOWER * fast - (fast - DELAY)
+        await anyio.to_thread.run_sync(
+            lambda: agents.start(SLOW, "--train-delay", f"{delay:.3f}", env=NO_APPROVAL)
+        )
+
     async with anyio.create_task_group() as group:
         group.start_soon(chaos)
+        group.start_soon(slow_node)
         result = await experiment.run()
         group.cancel_scope.cancel()
 
@@ -95,6 +111,13 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
     assert applied_by[LATE] >= 1 and applied_by[FAST] > applied_by[SLOW] >= 1, applied_by
     slow = [u for u in result.updates if u.node_id == SLOW and u.staleness is not None]
     assert max(u.staleness or 0 for u in slow) >= 1
+    # The slow node's rounds really took several times a fast node's.
+    rounds = {
+        node: [u.round_trip for u in result.updates if u.node_id == node and u.round_trip]
+        for node in (FAST, SLOW)
+    }
+    ratio = (sum(rounds[SLOW]) / len(rounds[SLOW])) / (sum(rounds[FAST]) / len(rounds[FAST]))
+    assert ratio >= 3, rounds
     late_first = min(version for _, node, version in sent if node == LATE)
     assert late_first >= 4
     # What was left when training ended: requests cancelled, updates in a half-full buffer.
