@@ -48,13 +48,14 @@ from researcher.jobs.buffered_records import (
     VersionRecord,
 )
 from researcher.jobs.fedbuff import (
-    BufferedUpdate,
     FedBuffServer,
     FedBuffSettings,
     PublishedVersion,
     buffer_metrics,
 )
+from researcher.jobs.monitor import MonitorCallback, ProgressMonitor, monitored, monitoring
 from researcher.jobs.node_pool import NodePool
+from researcher.requests.cancel_answers import await_cancel_answers
 from researcher.requests.federated import FederatedRequest
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.policies import DiscardOnTimeout, RequestStatus, StopOnDisconnect
@@ -79,6 +80,7 @@ class BufferedExperiment:
         disconnect_grace: seconds a node may be gone before its request is given up.
         evaluate: each version's parameters -> metrics, joined to the version's metrics.
         hooks: the :class:`RequestHooks` of each request, by id (to record or resume it).
+        monitor: called with each node's progress as it trains (:mod:`researcher.jobs.monitor`).
         on_update: called with each request's record once its fate is settled.
         on_version: called with each version's record, parameters and applied updates.
         on_send: called with each request id, node and base version before it is sent.
@@ -108,6 +110,7 @@ class BufferedExperiment:
         source: str | None = None,
         evaluate: Callable[[Params], Mapping[str, float]] | None = None,
         hooks: Callable[[str], RequestHooks | None] | None = None,
+        monitor: MonitorCallback | None = None,
         on_update: Callable[[UpdateRecord], None] | None = None,
         on_version: Callable[[VersionRecord, Params, list[UpdateRecord]], None] | None = None,
         on_send: Callable[[str, str, int], None] | None = None,
@@ -132,11 +135,10 @@ class BufferedExperiment:
         self.experiment_id = experiment_id or new_id("experiment")
         self.evaluate = evaluate
         self.hooks = hooks
+        self.monitor = ProgressMonitor(monitor) if monitor is not None else None
         self.on_update, self.on_version, self.on_send = on_update, on_version, on_send
         if initial_params is None:
-            model = plan()
-            model.init_model(self.model_args)
-            initial_params = model.get_params()
+            initial_params = _initial_params(plan, self.model_args)
         self.server = FedBuffServer(
             settings, initial_params, initial_version=initial_version, history=history
         )
@@ -166,14 +168,15 @@ class BufferedExperiment:
         budget = self.stop.time_budget
         left = float("inf") if budget is None else budget - self._elapsed
         try:
-            with anyio.move_on_after(left) as scope:
-                async with anyio.create_task_group() as group:
-                    for node, pending in _by_node(resume or {}).items():
-                        self.pool.join(node)
-                        group.start_soon(self._work, node, pending)
-                    group.start_soon(self._watch_pool, group)
-                    await self._done.wait()
-                    group.cancel_scope.cancel()
+            async with monitoring(self.monitor):
+                with anyio.move_on_after(left) as scope:
+                    async with anyio.create_task_group() as group:
+                        for node, pending in _by_node(resume or {}).items():
+                            self.pool.join(node)
+                            group.start_soon(self._work, node, pending)
+                        group.start_soon(self._watch_pool, group)
+                        await self._done.wait()
+                        group.cancel_scope.cancel()
             if scope.cancelled_caught:
                 self.result.stopped_because = f"the time budget of {budget:g} s is spent"
         finally:  # also when the task running training is cancelled (stopped, timed out)
@@ -183,7 +186,7 @@ class BufferedExperiment:
                 )
             self._buffered.clear()
             with anyio.CancelScope(shield=True):
-                await drain_answers(self.requests, self._cancelled, DRAIN_TIMEOUT)
+                await await_cancel_answers(self.requests, self._cancelled, DRAIN_TIMEOUT)
         self.result.params, self.result.version = self.server.params, self.server.version
         logger.info("asynchronous training %s ended at version %d: %s", self.experiment_id,
                     self.server.version, self.result.stopped_because)  # fmt: skip
@@ -242,7 +245,7 @@ class BufferedExperiment:
             model_version=version,
         )  # fmt: skip
         policies = [DiscardOnTimeout(self.request_timeout), StopOnDisconnect(self.disconnect_grace)]
-        hooks = self.hooks(request_id) if self.hooks is not None else None
+        hooks = monitored(self.hooks(request_id) if self.hooks else None, self.monitor)
         fed = self.requests.send(message, [node], policies, hooks=hooks)
         try:
             async with fed:
@@ -285,7 +288,8 @@ class BufferedExperiment:
         return True
 
     def _publish(self, published: PublishedVersion) -> None:
-        applied = [self._applied(update, published.version) for update in published.applied]
+        applied = [_with(self._buffered.pop(u.key), status=UpdateStatus.APPLIED, weight=u.weight,
+                         applied_in=published.version) for u in published.applied]  # fmt: skip
         metrics = buffer_metrics(published.applied)
         if self.evaluate is not None:
             metrics.update(self.evaluate(published.params))
@@ -305,10 +309,6 @@ class BufferedExperiment:
         if (reached := self.stop.reached(published.version, metrics)) is not None:
             self._end(reached)
 
-    def _applied(self, update: BufferedUpdate, version: int) -> UpdateRecord:
-        record = self._buffered.pop(update.key)
-        return _with(record, status=UpdateStatus.APPLIED, weight=update.weight, applied_in=version)
-
     def _settle(self, record: UpdateRecord, status: UpdateStatus, reason: str) -> None:
         settled = _with(record, status=status, reason=reason)
         if status is UpdateStatus.LOST:
@@ -319,21 +319,14 @@ class BufferedExperiment:
 
 
 DRAIN_TIMEOUT = 5.0
-"""Seconds training waits, once over, for the nodes' answers to the requests it cancelled."""
+"""Seconds training waits, once over, for the nodes' answers to the requests it cancelled and
+to the cancels (:func:`~researcher.requests.cancel_answers.await_cancel_answers`)."""
 
 
-async def drain_answers(requests: Requests, request_ids: set[str], timeout: float) -> None:
-    """Wait at most ``timeout`` seconds for an answer (a CANCELLED error, or a reply that
-    crossed the cancel) to each of ``request_ids``, so that none is left in the durable reply
-    queue for a later process; they go to the late-reply log."""
-    waiting = set(request_ids)
-    with anyio.move_on_after(timeout):
-        while waiting:
-            waiting -= {late.request_id for late in requests.late_replies}
-            if waiting:
-                await anyio.sleep(0.05)
-    if waiting:
-        logger.info("no answer yet to the cancelled requests %s", sorted(waiting))
+def _initial_params(plan: type[TrainingPlan], model_args: Mapping[str, Any]) -> Params:
+    model = plan()
+    model.init_model(dict(model_args))
+    return dict(model.get_params())
 
 
 def _usable_reply(node: str, version: int, fed: FederatedRequest) -> tuple[TrainReply | None, str]:

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from researcher.errors import RequestError
 from researcher.jobs.buffered import BufferedExperiment, Params
 from researcher.jobs.buffered_records import UpdateRecord, UpdateStatus, VersionRecord
+from researcher.orchestration.progress_recorder import task_monitor
 from researcher.orchestration.task_specs import AsyncTrainingTask
 from training_plans.plan import TrainingPlan
 
@@ -85,7 +86,7 @@ async def run_async_training(
         request_timeout=task.request_timeout, disconnect_grace=task.fedbuff.disconnect_grace,
         experiment_id=f"{job_id}.{name}", initial_params=initial, initial_version=last,
         history=history, elapsed=done[-1]["elapsed"] if done else 0.0, hooks=ctx.hooks,
-        on_update=on_update, on_version=on_version, on_send=on_send,
+        on_update=on_update, on_version=on_version, on_send=on_send, monitor=task_monitor(ctx),
     )  # fmt: skip
     result = await experiment.run(resume)
     if result.version == 0:

@@ -6,9 +6,11 @@
 - :mod:`~researcher.requests.policies`: when a request stops waiting;
 - :mod:`~researcher.requests.hooks`: :class:`RequestHooks`, to record or resume a request;
 - :mod:`~researcher.requests.presence`: what the node heartbeats say;
-- :mod:`~researcher.requests.progress`: the nodes' progress, routed to its request.
+- :mod:`~researcher.requests.progress`: the nodes' progress, routed to its request;
+- :mod:`~researcher.requests.cancel_answers`: waiting for the answers to cancelled requests.
 """
 
+from researcher.requests.cancel_answers import await_cancel_answers
 from researcher.requests.federated import FederatedRequest, MessagesByNode, PolicyReport
 from researcher.requests.hooks import RequestHooks
 from researcher.requests.ledger import NodeTiming, Receipt
@@ -53,4 +55,5 @@ __all__ = [
     "StopOnStall",
     "StopOnTimeout",
     "Verdict",
+    "await_cancel_answers",
 ]

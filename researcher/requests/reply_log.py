@@ -4,7 +4,9 @@ A reply is *late* when its request already ended for that node: it is kept in a 
 never put into another request's results. A reply to a request id this process has not sent is
 *parked*: perhaps an earlier process sent that request and a job will resume it under the same
 id (see ``already_sent`` in :meth:`Requests.send <researcher.requests.router.Requests.send>`).
-The answers to the cancels the researcher sends without waiting are only logged.
+The answers to the cancels the researcher sends without waiting are only logged; the log knows
+which are still to come (:meth:`ReplyLog.cancels_unanswered`), so that a process can wait for
+them before it ends instead of leaving them in its durable reply queue.
 """
 
 from __future__ import annotations
@@ -55,19 +57,28 @@ class ReplyLog:
         self._parked: dict[str, list[ParkedReply]] = {}
         self._parked_limit = parked_limit
         self._cancels: OrderedDict[str, str] = OrderedDict()  # cancel id -> its target
+        self._unanswered: set[str] = set()  # cancel ids whose answer has not come
 
     def expect_cancels(self, target: str, cancel_ids: Iterable[str]) -> None:
         """Cancels of ``target`` were sent: their answers are to be logged only."""
         for cancel_id in cancel_ids:
             self._cancels[cancel_id] = target
+            self._unanswered.add(cancel_id)
         while len(self._cancels) > self._ended_size:
-            self._cancels.popitem(last=False)
+            self._unanswered.discard(self._cancels.popitem(last=False)[0])
+
+    def cancels_unanswered(self, targets: Iterable[str]) -> set[str]:
+        """The requests of ``targets`` that were cancelled on a node that has not yet
+        answered the cancel."""
+        wanted = set(targets)
+        return {t for c in self._unanswered if (t := self._cancels.get(c, "")) in wanted}
 
     def cancel_answered(self, request_id: str | None, node: str, message: Any) -> bool:
         """Log ``message`` if it answers a cancel sent without waiting; True when it does."""
         target = self._cancels.get(request_id or "")
         if target is None:
             return False
+        self._unanswered.discard(request_id or "")
         if isinstance(message, ErrorMessage):
             logger.info("node %s refused the cancel of request %s: %s %s", node, target,
                         message.code.name, message.message)  # fmt: skip

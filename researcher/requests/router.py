@@ -71,6 +71,7 @@ class Requests:
 
     Attributes:
         late_replies: replies that came after their request ended for their node.
+        reply_log: the late and parked replies, and the answers still due to cancels.
     """
 
     def __init__(
@@ -94,8 +95,8 @@ class Requests:
         self.presence = PresenceTable(patience=heartbeat_patience)
         self.presence_check_interval = presence_check_interval
         self.consumer_checks_per_tick = 16
-        self._replies = ReplyLog(late_size=late_reply_log_size)
-        self.late_replies: deque[LateReply] = self._replies.late
+        self.reply_log = ReplyLog(late_size=late_reply_log_size)
+        self.late_replies: deque[LateReply] = self.reply_log.late
         self.reply_queue = self.topology.researcher_queue(researcher_id).name
         self._reply_prefetch = reply_prefetch
         self._pending: dict[str, FederatedRequest] = {}
@@ -197,13 +198,13 @@ class Requests:
         :func:`~researcher.requests.sending.send_cancels`); returns the nodes asked."""
         expiration = self.default_timeout if expiration is None else expiration
         sent = await send_cancels(self, request_id, list(nodes), timeout, expiration)
-        self._replies.expect_cancels(request_id, sent.values())
+        self.reply_log.expect_cancels(request_id, sent.values())
         return list(sent)
 
     def parked_replies(self) -> dict[str, list[tuple[str, Any]]]:
         """Replies to requests this process did not send, by request id, until a resumed
         request claims them."""
-        return self._replies.parked()
+        return self.reply_log.parked()
 
     def authenticator_for(self, node: str) -> Authenticator | None:
         """How messages to ``node`` are authenticated (None with security off)."""
@@ -213,7 +214,7 @@ class Requests:
 
     def used(self, request_id: str) -> bool:
         """True when a request with this id is running or ended in this process."""
-        return request_id in self._pending or self._replies.ended(request_id)
+        return request_id in self._pending or self.reply_log.ended(request_id)
 
     def track(self, fed: FederatedRequest) -> None:
         """Route the replies to ``fed``'s request id to ``fed`` until :meth:`untrack`."""
@@ -222,14 +223,14 @@ class Requests:
     def deliver_parked(self, fed: FederatedRequest) -> None:
         """Hand ``fed`` the replies parked under its request id (they came before it was
         tracked: replies to an earlier process's request), with their arrival times."""
-        for node, message, arrived in self._replies.take_parked(fed.request_id):
+        for node, message, arrived in self.reply_log.take_parked(fed.request_id):
             if fed.deliver(node, message, arrived) is Receipt.LATE:
-                self._replies.keep_late(fed.request_id, node, message)
+                self.reply_log.keep_late(fed.request_id, node, message)
 
     def untrack(self, fed: FederatedRequest) -> None:
         """Stop routing replies to ``fed``: those that come later are late replies."""
         if self._pending.pop(fed.request_id, None) is not None:
-            self._replies.end(fed.request_id)
+            self.reply_log.end(fed.request_id)
 
     # --- reply and presence consumers ----------------------------------------------------------
 
@@ -271,7 +272,7 @@ class Requests:
 
     def _route(self, fed: FederatedRequest, node: str, message: Any) -> None:
         if fed.deliver(node, message) is Receipt.LATE:
-            self._replies.keep_late(fed.request_id, node, message)
+            self.reply_log.keep_late(fed.request_id, node, message)
 
     def _dispatch_reply(self, delivery: Delivery) -> None:
         opened = self._open(delivery, "reply")
@@ -290,11 +291,11 @@ class Requests:
         fed = self._pending.get(request_id) if request_id else None
         if fed is not None:
             self._route(fed, node, message)
-        elif request_id is not None and self._replies.ended(request_id):
-            self._replies.keep_late(request_id, node, message)
+        elif request_id is not None and self.reply_log.ended(request_id):
+            self.reply_log.keep_late(request_id, node, message)
         else:
             # Perhaps a request an earlier process sent, that a job will resume: keep it.
-            self._replies.park(request_id or "", node, message, time.monotonic())
+            self.reply_log.park(request_id or "", node, message, time.monotonic())
 
     async def _consume_presence(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         queue = self.topology.presence_queue(self.researcher_id)

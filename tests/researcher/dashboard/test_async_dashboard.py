@@ -34,7 +34,7 @@ async def test_a_finished_asynchronous_job_shows_its_versions_staleness_and_fate
             scheduler = scheduler_for(tmp_path, requests, store)
             job = scheduler.submit(JobSpec.from_yaml(async_job(versions=3).spec.to_yaml()))
             finished = await scheduler.run_job(job.job_id)
-            detail = read_job(store, job.job_id)
+            detail = read_job(store, job.job_id, progress=store.progress(job.job_id))
             updates = store.async_updates(job.job_id, "train", 1)
 
     assert finished.state is State.SUCCESS, finished.reason
@@ -47,6 +47,9 @@ async def test_a_finished_asynchronous_job_shows_its_versions_staleness_and_fate
     assert view.fates["applied"] == 6 and view.fates["in_flight"] == 0
     assert sum(view.fates.values()) == len(updates)
     assert view.in_flight == []
+    # The nodes' progress, stored by the task: its last versions' reports, charted live.
+    assert view.progress and {p.round for p in view.progress} <= {0, 1, 2}
+    assert {p.node_id for p in view.progress} == {"n1", "n2"}
 
     html = async_part(sections_of(detail)["job"])
     assert (
@@ -55,6 +58,8 @@ async def test_a_finished_asynchronous_job_shows_its_versions_staleness_and_fate
     ) in html
     assert 'data-chart="accuracy" data-points="3"' in html
     assert 'data-chart="staleness of applied updates" data-points="6"' in html  # mean, max
+    loss = sum("loss" in p.values for p in view.progress)
+    assert f'data-chart="live loss" data-points="{loss}"' in html
     assert '<td data-fate="applied">6</td>' in html
     assert all(f'data-fate="{status.value}"' in html for status in UpdateStatus)
     assert [int(n) for n in re.findall(r'<tr data-version="(\d+)">', html)] == [3, 2, 1]

@@ -20,6 +20,7 @@ from researcher.orchestration.task_specs import (
     PreprocessingTask,
     SpecError,
 )
+from researcher.requests.progress import ProgressEvent
 from simulation.demo_plan import BreastCancerPlan
 from tests.researcher.cli.test_cli_jobs import Cli
 from tests.researcher.orchestration.test_scheduler import TRAINING_ARGS, network, scheduler_for
@@ -53,16 +54,20 @@ def async_job(
     return job
 
 
-async def test_an_asynchronous_task_records_every_version_and_update(tmp_path: Path) -> None:
+async def test_an_asynchronous_task_records_every_version_update_and_progress(
+    tmp_path: Path,
+) -> None:
+    seen: list[ProgressEvent] = []
     job = async_job()
     spec = JobSpec.from_yaml(job.spec.to_yaml())
     assert spec.task("train").kind == "async_training"
     async with network(tmp_path) as requests:
         with JobStore(tmp_path / "researcher") as store:
-            scheduler = scheduler_for(tmp_path, requests, store)
+            scheduler = scheduler_for(tmp_path, requests, store, monitor=seen.append)
             record = scheduler.submit(spec)
             finished = await scheduler.run_job(record.job_id)
             assert finished.state is State.SUCCESS, finished.reason
+            progress = store.progress(record.job_id)
             train = store.task(record.job_id, "train")
             out = train.outputs or {}
             versions = store.versions(record.job_id, "train", train.attempt)
@@ -88,6 +93,17 @@ async def test_an_asynchronous_task_records_every_version_and_update(tmp_path: P
     shown = Cli(tmp_path / "researcher")("output", "metrics", record.job_id).stdout
     assert "metrics by version" in shown and "accuracy" in shown
     assert set(result.models["train"]) == {"coef", "intercept"}
+    # The nodes' progress while they trained: in the store under the task, each record under
+    # the request and the version (its round) it trained on; every applied update reported.
+    base = {row["request_id"]: row["base_version"] for row in updates}
+    assert progress and {(p.job_id, p.task) for p in progress} == {(record.job_id, "train")}
+    assert all(p.round == base[p.request_id] for p in progress)
+    assert {row["request_id"] for row in applied} <= {p.request_id for p in progress}
+    assert all({"iteration", "loss"} <= set(p.values) for p in progress)
+    # The job's monitor saw what the store kept, in the same order.
+    assert [(e.request_id, e.node_id, e.values) for e in seen] == [
+        (p.request_id, p.node_id, p.values) for p in progress
+    ]
 
 
 def test_secure_aggregation_is_refused_in_an_asynchronous_task() -> None:
