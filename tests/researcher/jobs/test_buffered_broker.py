@@ -111,13 +111,6 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
     assert applied_by[LATE] >= 1 and applied_by[FAST] > applied_by[SLOW] >= 1, applied_by
     slow = [u for u in result.updates if u.node_id == SLOW and u.staleness is not None]
     assert max(u.staleness or 0 for u in slow) >= 1
-    # The slow node's rounds really took several times a fast node's.
-    rounds = {
-        node: [u.round_trip for u in result.updates if u.node_id == node and u.round_trip]
-        for node in (FAST, SLOW)
-    }
-    ratio = (sum(rounds[SLOW]) / len(rounds[SLOW])) / (sum(rounds[FAST]) / len(rounds[FAST]))
-    assert ratio >= 3, rounds
     late_first = min(version for _, node, version in sent if node == LATE)
     assert late_first >= 4
     # What was left when training ended: requests cancelled, updates in a half-full buffer.
