@@ -229,6 +229,10 @@ async def sha256_of(parts: list[bytes | memoryview], size: int) -> bytes:
 # --- reading chunk headers ----------------------------------------------------------------------
 
 
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkHeader:
     """The chunk headers of one chunk, checked for sense."""
@@ -256,9 +260,7 @@ class ChunkHeader:
                 count=int(headers[CHUNK_COUNT]),
                 chunk_size=int(headers[CHUNK_SIZE]),
                 size=int(headers[TRANSFER_SIZE]),
-                sha256=None if headers.get(TRANSFER_SHA256) is None else str(
-                    headers[TRANSFER_SHA256]
-                ),
+                sha256=_optional_str(headers.get(TRANSFER_SHA256)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad chunk headers: {exc!r}") from exc

@@ -1,10 +1,10 @@
 """Reassembly: chunk deliveries put back together into whole deliveries, with limits.
 
-The receiving side of :mod:`broker_net.chunking`. :class:`Reassembler` preallocates one buffer
-of the announced size and copies each chunk into place (in a worker thread, hashing it on the
-way), refuses transfers over the size and memory limits, checks the SHA-256 of the whole
-against the one the last chunk announces, and drops transfers that went idle. :class:`ReassembledStream` is what a transport's ``consume``
-yields: whole deliveries, its consumer's prefetch raised while chunks are held.
+The receiving side of :mod:`broker_net.chunking`. :class:`Reassembler` preallocates a buffer
+of the announced size, copies each chunk into place (in a worker thread, hashing it on the
+way), refuses transfers over the size and memory limits, checks the SHA-256 of the whole against
+the last chunk's and drops idle transfers. :class:`ReassembledStream` is what a transport's
+``consume`` yields: whole deliveries, its consumer's prefetch raised while chunks are held.
 """
 
 from __future__ import annotations
