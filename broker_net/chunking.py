@@ -167,10 +167,11 @@ async def publish_chunked(
 
     async with anyio.create_task_group() as group:
         for index, pieces in enumerate(_cut(parts, chunk_size)):
-            # Taken here, in index order, so chunks reach the broker in order, and at most a
-            # window of chunk copies exists at once.
-            await window.acquire()
+            # The next chunk is joined and hashed while the window is full, then the window is
+            # taken, in index order, so chunks reach the broker in order, and at most a window
+            # of chunk copies (and the one being prepared) exists at once.
             body = await _join_hashing(pieces, hasher)
+            await window.acquire()
             chunk_headers = {**headers, CHUNK_INDEX: index}
             if index == count - 1:
                 chunk_headers[TRANSFER_SHA256] = hasher.hexdigest()
