@@ -23,7 +23,9 @@ CPU. A vhost is created for the run through the management API and deleted after
 
 Configuration, by environment or on the command line of ``python -m bench.bench_network``:
 ``BENCH_QUICK=1`` / ``--quick`` (no 1 GB, no 250 or 1,000 nodes, fewer repetitions),
-``BENCH_PAYLOAD_MB=1,10,100,1024``, ``BENCH_FANOUT=1,10,100,250,1000``, ``BENCH_AMQP_URL``
+``BENCH_PARTS=latency,payloads,security`` (the parts to run: ``BENCH_PARTS=payloads
+BENCH_PAYLOAD_MB=10,100`` runs only those echoes), ``BENCH_PAYLOAD_MB=1,10,100,1024``,
+``BENCH_FANOUT=1,10,100,250,1000``, ``BENCH_AMQP_URL``
 (``amqp://guest:guest@127.0.0.1:5672/``) and ``BENCH_MANAGEMENT_URL``
 (``http://guest:guest@127.0.0.1:15672``).
 """
@@ -437,13 +439,11 @@ def run(quick: bool = False) -> list[Row]:
     """Measure every figure above; ratios are ours / raw (lower is better unless the name
     says otherwise)."""
     settings = Settings.from_env(quick)
+    parts = {"latency": _latency_rows, "payloads": _payload_rows, "security": _security_rows}
+    chosen = os.environ.get("BENCH_PARTS", ",".join(parts)).split(",")
     with tempfile.TemporaryDirectory(prefix="bench-") as folder, _vhost(settings) as url:
         base = Path(folder)
-        return [
-            *_latency_rows(url, settings, base),
-            *_payload_rows(url, settings, base),
-            *_security_rows(url, settings, base),
-        ]
+        return [item for name in chosen for item in parts[name.strip()](url, settings, base)]
 
 
 if __name__ == "__main__":

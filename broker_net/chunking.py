@@ -15,14 +15,19 @@ On the wire every chunk is an ordinary message with the same ``message_id``,
     the chunk's position, from 0, and how many there are;
 ``x-chunk-size``
     the size of every chunk but the last, so each chunk's offset is ``index * size``;
-``x-transfer-size`` / ``x-transfer-sha256``
-    the size and SHA-256 (hex) of the whole body.
+``x-transfer-size``
+    the size of the whole body;
+``x-transfer-sha256``
+    on the last chunk only (since protocol 1.1): the SHA-256 (hex) of the whole body.
 
-The receiving side (:class:`~broker_net.reassembly.Reassembler`) preallocates one buffer of the
-announced size and copies each chunk into place (in a worker thread, hashing it on the way), so
-the whole body is one buffer handed up as is, a ``memoryview``, with no further copy. It refuses
-a transfer above :attr:`Chunking.max_size` and any transfer that would take the bytes being
-reassembled at once above :attr:`Chunking.memory_limit`, checks the SHA-256 of the whole, and
+The sender hashes each chunk as it cuts it (in a worker thread, while the chunks before it are
+on their way), so the digest is ready when the last chunk goes and hashing overlaps the network
+instead of preceding it. The receiving side (:class:`~broker_net.reassembly.Reassembler`)
+preallocates one buffer of the announced size and copies each chunk into place (in a worker
+thread, hashing it on the way), so the whole body is one buffer handed up as is, a
+``memoryview``, with no further copy. It refuses a transfer above :attr:`Chunking.max_size` and
+any transfer that would take the bytes being reassembled at once above
+:attr:`Chunking.memory_limit`, checks the SHA-256 of the whole against the last chunk's, and
 drops the chunks of a transfer that has seen no chunk for :attr:`Chunking.idle_timeout` seconds,
 with a log line. A refused or corrupted transfer is still handed up once, with an empty body and
 the ``x-transfer-error`` header, so the consumer can answer the sender (see :func:`failure`).
@@ -130,8 +135,9 @@ async def publish_chunked(
 
     ``publish`` always gets a body of bytes. Chunks are cut straight from the body's parts, so
     the whole is never joined; up to :attr:`Chunking.publish_window` chunks are published at
-    once. The first failure stops the transfer and is raised; the receiver abandons the chunks
-    already sent.
+    once. Each chunk is hashed as it is cut, while the chunks before it are being published,
+    and the digest of the whole goes with the last chunk. The first failure stops the transfer
+    and is raised; the receiver abandons the chunks already sent.
     """
     size = message.size
     if size <= chunking.chunk_size:
@@ -149,26 +155,32 @@ async def publish_chunked(
         CHUNK_COUNT: count,
         CHUNK_SIZE: chunk_size,
         TRANSFER_SIZE: size,
-        TRANSFER_SHA256: (await sha256_of(parts, size)).hex(),
     }
+    hasher = hashlib.sha256()
     window = anyio.Semaphore(chunking.publish_window)
 
-    async def send(index: int, body: bytes) -> None:
+    async def send(body: bytes, chunk_headers: dict[str, Any]) -> None:
         try:
-            await publish(replace(message, body=body, headers={**headers, CHUNK_INDEX: index}))
+            await publish(replace(message, body=body, headers=chunk_headers))
         finally:
             window.release()
 
     async with anyio.create_task_group() as group:
-        for index, body in enumerate(_cut(parts, chunk_size)):
-            # Taken here, in index order, so chunks reach the broker in order, and at most a
-            # window of chunk copies exists at once.
+        for index, pieces in enumerate(_cut(parts, chunk_size)):
+            # The next chunk is joined and hashed while the window is full, then the window is
+            # taken, in index order, so chunks reach the broker in order, and at most a window
+            # of chunk copies (and the one being prepared) exists at once.
+            body = await _join_hashing(pieces, hasher)
             await window.acquire()
-            group.start_soon(send, index, body)
+            chunk_headers = {**headers, CHUNK_INDEX: index}
+            if index == count - 1:
+                chunk_headers[TRANSFER_SHA256] = hasher.hexdigest()
+            group.start_soon(send, body, chunk_headers)
 
 
-def _cut(parts: list[bytes | memoryview], chunk_size: int) -> Iterator[bytes]:
-    """Consecutive chunks of ``chunk_size`` bytes (the last one shorter) across ``parts``."""
+def _cut(parts: list[bytes | memoryview], chunk_size: int) -> Iterator[list[memoryview]]:
+    """The pieces of consecutive chunks of ``chunk_size`` bytes (the last one shorter) across
+    ``parts``: views into them, not copies."""
     pending: list[memoryview] = []
     pending_size = 0
     for part in parts:
@@ -179,13 +191,30 @@ def _cut(parts: list[bytes | memoryview], chunk_size: int) -> Iterator[bytes]:
             pending_size += take
             view = view[take:]
             if pending_size == chunk_size:
-                yield b"".join(pending)
+                yield pending
                 pending, pending_size = [], 0
     if pending_size:
-        yield b"".join(pending)
+        yield pending
+
+
+async def _join_hashing(pieces: list[memoryview], hasher: Any) -> bytes:
+    """The pieces joined into one chunk, fed to ``hasher`` on the way."""
+
+    def join() -> bytes:
+        body = b"".join(pieces)
+        hasher.update(body)
+        return body
+
+    if sum(piece.nbytes for piece in pieces) < HASH_IN_THREAD:
+        return join()
+    # bytes.join and hashlib release the GIL on large inputs: the event loop keeps publishing
+    # the chunks before this one meanwhile.
+    return await anyio.to_thread.run_sync(join)
 
 
 async def sha256_of(parts: list[bytes | memoryview], size: int) -> bytes:
+    """The SHA-256 of the concatenated ``parts``, in a worker thread when they are large."""
+
     def digest() -> bytes:
         hasher = hashlib.sha256()
         for part in parts:
@@ -201,6 +230,10 @@ async def sha256_of(parts: list[bytes | memoryview], size: int) -> bytes:
 # --- reading chunk headers ----------------------------------------------------------------------
 
 
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkHeader:
     """The chunk headers of one chunk, checked for sense."""
@@ -210,7 +243,9 @@ class ChunkHeader:
     count: int
     chunk_size: int
     size: int
-    sha256: str
+    sha256: str | None
+    """The digest of the whole body: always on the last chunk, on the others only from senders
+    of protocol 1.0 (which put it on every chunk)."""
 
     @classmethod
     def parse(cls, headers: dict[str, Any]) -> ChunkHeader:
@@ -226,7 +261,7 @@ class ChunkHeader:
                 count=int(headers[CHUNK_COUNT]),
                 chunk_size=int(headers[CHUNK_SIZE]),
                 size=int(headers[TRANSFER_SIZE]),
-                sha256=str(headers[TRANSFER_SHA256]),
+                sha256=_optional_str(headers.get(TRANSFER_SHA256)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad chunk headers: {exc!r}") from exc
@@ -236,6 +271,8 @@ class ChunkHeader:
             raise ValueError(
                 f"{parsed.size} bytes in chunks of {parsed.chunk_size} is not {parsed.count} chunks"
             )
+        if parsed.sha256 is None and parsed.index == parsed.count - 1:
+            raise ValueError(f"the last chunk has no {TRANSFER_SHA256} header")
         return parsed
 
     def span(self) -> tuple[int, int]:
@@ -244,7 +281,10 @@ class ChunkHeader:
         return start, min(start + self.chunk_size, self.size)
 
     def same_transfer(self, other: ChunkHeader) -> bool:
-        """Whether ``other`` describes the same whole body."""
-        return (self.count, self.chunk_size, self.size, self.sha256) == (
-            other.count, other.chunk_size, other.size, other.sha256,
+        """Whether ``other`` describes the same whole body (digests compared when both have
+        one)."""
+        if None not in (self.sha256, other.sha256) and self.sha256 != other.sha256:
+            return False
+        return (self.count, self.chunk_size, self.size) == (
+            other.count, other.chunk_size, other.size,
         )  # fmt: skip

@@ -1,10 +1,10 @@
 """Reassembly: chunk deliveries put back together into whole deliveries, with limits.
 
-The receiving side of :mod:`broker_net.chunking`. :class:`Reassembler` preallocates one buffer
-of the announced size and copies each chunk into place (in a worker thread, hashing it on the
-way), refuses transfers over the size and memory limits, checks the SHA-256 of the whole, and
-drops transfers that went idle. :class:`ReassembledStream` is what a transport's ``consume``
-yields: whole deliveries, its consumer's prefetch raised while chunks are held.
+The receiving side of :mod:`broker_net.chunking`. :class:`Reassembler` preallocates a buffer
+of the announced size, copies each chunk into place (in a worker thread, hashing it on the
+way), refuses transfers over the size and memory limits, checks the SHA-256 of the whole against
+the last chunk's and drops idle transfers. :class:`ReassembledStream` is what a transport's
+``consume`` yields: whole deliveries, its consumer's prefetch raised while chunks are held.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -40,6 +41,8 @@ class _Transfer:
 
     def __init__(self, header: ChunkHeader, first: Delivery, now: float) -> None:
         self.header = header
+        self.sha256 = header.sha256
+        """The announced digest of the whole, once a chunk carrying it has arrived."""
         self.first = first
         # Not zero-filled as a bytearray would be: every byte is written by a chunk, and
         # zeroing a gigabyte first would touch every page twice.
@@ -60,6 +63,7 @@ class _Transfer:
         body = delivery.body
         if len(body) != end - start:
             raise ValueError(f"chunk {header.index} holds {len(body)} bytes, not {end - start}")
+        self.sha256 = header.sha256 or self.sha256
         if self.chunks[header.index] is None:
             self.received += 1
             self.received_bytes += end - start
@@ -159,7 +163,7 @@ class Reassembler:
                 code, reason = refusal
                 return self._refuse(delivery, header.transfer_id, code, reason, now)
             transfer = self._start(header, delivery, now)
-        elif not header.same_transfer(transfer.header):
+        elif not header.same_transfer(replace(transfer.header, sha256=transfer.sha256)):
             reason = "chunks of one transfer disagree on its size, chunking or digest"
             return await self._fail(transfer, delivery, "TRANSFER_CORRUPTED", reason, now)
         previous = transfer.chunks[header.index]
@@ -182,10 +186,10 @@ class Reassembler:
             return None
         self._forget(transfer)
         digest = await transfer.digest()
-        if digest != header.sha256:
+        if digest != transfer.sha256:
             logger.warning(
                 "transfer %s (message %s) is corrupted: SHA-256 %s, announced %s",
-                header.transfer_id, transfer.first.message_id, digest, header.sha256,
+                header.transfer_id, transfer.first.message_id, digest, transfer.sha256,
             )  # fmt: skip
             return self._whole(
                 transfer, failed=("TRANSFER_CORRUPTED", "the SHA-256 of the message is wrong")

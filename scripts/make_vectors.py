@@ -863,7 +863,9 @@ def chunking_file(envelopes: dict[str, Any]) -> dict[str, Any]:
         "description": (
             "The train_request envelope of envelopes.json published with a chunk size of "
             f"{CHUNK_SIZE} bytes: each chunk is an AMQP message with the whole message's "
-            "properties and headers plus the x-transfer-* and x-chunk-* headers; its body is "
+            "properties and headers plus x-transfer-id, x-chunk-index, x-chunk-count, "
+            "x-chunk-size and x-transfer-size, and on the last chunk only x-transfer-sha256, "
+            "the SHA-256 of the whole envelope; its body is "
             "the slice [index * x-chunk-size, min((index + 1) * x-chunk-size, "
             "x-transfer-size)) of the envelope. The transfer id is fixed here; senders draw a "
             "fresh one (32 hex digits) per transfer. `corrupted` is chunk 1 with one byte "

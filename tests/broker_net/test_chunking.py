@@ -6,6 +6,7 @@ as gigabyte ones. The end-to-end cases run a real NodeAgent and the Requests col
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -18,7 +19,15 @@ import numpy as np
 import pytest
 
 from broker_net.amqp import AmqpTransport
-from broker_net.chunking import CHUNK_INDEX, TRANSFER_ID, Chunking, failure, publish_chunked
+from broker_net.chunking import (
+    CHUNK_INDEX,
+    HASH_IN_THREAD,
+    TRANSFER_ID,
+    TRANSFER_SHA256,
+    Chunking,
+    failure,
+    publish_chunked,
+)
 from broker_net.codec import decode_message
 from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
@@ -141,7 +150,79 @@ async def test_chunks_carry_the_transfer_headers() -> None:
         )  # fmt: skip
         assert chunk.headers["x-chunk-count"] == 3
         assert chunk.headers["x-transfer-size"] == 600
-        assert len(chunk.headers["x-transfer-sha256"]) == 64
+    # The digest of the whole goes with the last chunk only (protocol 1.1).
+    assert [TRANSFER_SHA256 in chunk.headers for chunk in chunks] == [False, False, True]
+    assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+
+
+async def test_the_digest_is_computed_from_a_body_in_parts() -> None:
+    body = _body(3000)
+    parts = [memoryview(body)[:100], body[100:1700], memoryview(body)[1700:]]
+    chunks = await _chunks_of(replace(_message(b""), body=parts))
+    assert b"".join(bytes(chunk.body) for chunk in chunks) == body
+    assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_large_transfer_is_hashed_in_worker_threads() -> None:
+    # Chunks above HASH_IN_THREAD are joined and hashed off the event loop.
+    body = _body(3 * HASH_IN_THREAD + 5)
+    chunking = Chunking(chunk_size=HASH_IN_THREAD)
+    chunks = await _chunks_of(_message(body), chunking)
+    assert [chunk.headers[CHUNK_INDEX] for chunk in chunks] == [0, 1, 2, 3]
+    assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+    reassembler = Reassembler(chunking)
+    settled: list[str] = []
+    wholes = [await reassembler.feed(_delivery(c, settled, str(i))) for i, c in enumerate(chunks)]
+    assert wholes[-1] is not None and failure(wholes[-1]) is None
+    assert bytes(wholes[-1].body) == body
+
+
+async def _fed(chunks: list[OutgoingMessage]) -> Delivery | None:
+    """Feed ``chunks`` in the order given to a fresh reassembler; the last thing it hands up."""
+    reassembler = Reassembler(SMALL)
+    whole = None
+    for index, chunk in enumerate(chunks):
+        whole = await reassembler.feed(_delivery(chunk, [], f"c{index}")) or whole
+    return whole
+
+
+async def test_a_last_chunk_without_the_digest_is_refused() -> None:
+    chunks = await _chunks_of(_message(_body(600)))
+    headers = {k: v for k, v in chunks[-1].headers.items() if k != TRANSFER_SHA256}
+    chunks[-1] = replace(chunks[-1], headers=headers)
+    refused = await _fed(chunks)
+    assert refused is not None and refused.body == b""
+    assert getattr(failure(refused), "code", None) == "TRANSFER_ERROR"
+    assert TRANSFER_SHA256 in getattr(failure(refused), "reason", "")
+
+
+async def test_a_wrong_digest_on_the_last_chunk_is_detected_in_any_order() -> None:
+    chunks = await _chunks_of(_message(_body(1000)))
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    chunks[-1] = replace(chunks[-1], headers={**chunks[-1].headers, TRANSFER_SHA256: wrong})
+    for order in (chunks, chunks[::-1], [chunks[2], chunks[0], chunks[3], chunks[1]]):
+        refused = await _fed(order)
+        assert refused is not None and refused.body == b""
+        assert getattr(failure(refused), "code", None) == "TRANSFER_CORRUPTED"
+
+
+async def test_a_truncated_transfer_is_never_handed_up() -> None:
+    chunks = await _chunks_of(_message(_body(1000)))
+    assert await _fed(chunks[:-1]) is None  # no digest, no end: waits, then goes idle
+    assert await _fed(chunks[1:]) is None
+
+
+async def test_chunks_of_the_1_0_layout_with_the_digest_on_every_chunk_are_accepted() -> None:
+    body = _body(1000)
+    chunks = await _chunks_of(_message(body))
+    digest = chunks[-1].headers[TRANSFER_SHA256]
+    old = [replace(c, headers={**c.headers, TRANSFER_SHA256: digest}) for c in chunks]
+    whole = await _fed(old[::-1])
+    assert whole is not None and failure(whole) is None and bytes(whole.body) == body
+    # A chunk announcing another digest than the others contradicts them.
+    old[1] = replace(old[1], headers={**old[1].headers, TRANSFER_SHA256: "0" * 64})
+    refused = await _fed(old)
+    assert getattr(failure(refused) if refused else None, "code", None) == "TRANSFER_CORRUPTED"
 
 
 async def test_many_chunks_pass_a_small_prefetch(chunked: Transport, topology: Topology) -> None:
