@@ -380,7 +380,9 @@ class ReassembledStream:
             async with self._lock:
                 await self._adjust_prefetch()
                 due = reassembler.next_eviction()
-                if due is not None and due <= time.monotonic():
+                if len(self._raw):  # a consumer that fell behind is not idle: read on first
+                    due = None
+                elif due is not None and due <= time.monotonic():
                     await reassembler.evict_idle()
                     continue
             delivery: Delivery | None = None

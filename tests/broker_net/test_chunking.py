@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -32,6 +33,7 @@ from broker_net.codec import decode_message
 from broker_net.codes import ErrorCode
 from broker_net.envelope import EnvelopeHeader, seal, unseal
 from broker_net.frames import amqp_headers
+from broker_net.inbox import Inbox
 from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorMessage, PingReply, PingRequest, TrainReply, TrainRequest
 from broker_net.reassembly import ReassembledStream, Reassembler
@@ -225,14 +227,20 @@ async def test_chunks_of_the_1_0_layout_with_the_digest_on_every_chunk_are_accep
     assert getattr(failure(refused) if refused else None, "code", None) == "TRANSFER_CORRUPTED"
 
 
-async def test_many_chunks_pass_a_small_prefetch(chunked: Transport, topology: Topology) -> None:
+async def test_many_chunks_pass_a_small_prefetch(make_chunked, topology: Topology) -> None:
     # 400 chunks, consumed with prefetch 2: every chunk is held until the whole is settled.
+    # No idle timeout of a fraction of a second here: a busy host may pause the transfer.
+    async with make_chunked(replace(SMALL, idle_timeout=60)) as chunked:
+        await _many_chunks_pass_a_small_prefetch(chunked, topology)
+
+
+async def _many_chunks_pass_a_small_prefetch(chunked: Transport, topology: Topology) -> None:
     await _declare(chunked, topology)
     body = _body(400 * 256)
     async with chunked.consume(topology.node_queue(NODE), prefetch=2) as deliveries:
         assert isinstance(deliveries, ReassembledStream)
         await _to_node(chunked, topology)(_message(body))
-        delivery = await _next(deliveries)
+        delivery = await _next(deliveries, timeout=60)
         assert bytes(delivery.body) == body
         assert deliveries.prefetch >= 2 + 399
         await delivery.ack()
@@ -403,6 +411,30 @@ async def test_progress_is_reported_per_chunk() -> None:
     await wholes[2].ack()
     assert sorted(settled) == ["ack c0", "ack c1", "ack c2"]
     assert reassembler.reserved == 0
+
+
+async def test_a_consumer_that_fell_behind_keeps_the_transfer_whose_chunks_wait() -> None:
+    # The first chunk was read long ago (the consumer was starved of CPU, or raising its
+    # prefetch took a while): the transfer is overdue, but its other chunks are waiting.
+    body = _body(700)
+    settled: list[str] = []
+    inbox = Inbox[Delivery]()
+    for index, chunk in enumerate(await _chunks_of(_message(body))):
+        inbox.put_nowait(_delivery(chunk, settled, f"c{index}"))
+    readings = [time.monotonic() - 10 * SMALL.idle_timeout]
+
+    def clock() -> float:
+        return readings.pop() if readings else time.monotonic()
+
+    async def set_prefetch(count: int) -> bool:
+        return True
+
+    stream = ReassembledStream(inbox, Reassembler(SMALL, clock=clock), 1, set_prefetch)
+    whole = await _next(stream)
+    assert bytes(whole.body) == body
+    assert settled == []
+    await whole.ack()
+    assert sorted(settled) == ["ack c0", "ack c1", "ack c2"]
 
 
 def _delivery(message: OutgoingMessage, settled: list[str], name: str) -> Delivery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 import time
@@ -157,11 +158,31 @@ async def test_cancelling_the_caller_kills_the_plan(table, tmp_path: Path):
         "def train(self, x, y, a):\n    import time\n    time.sleep(60)\n",
         header=f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n",
     )
-    with anyio.move_on_after(2.0) as scope:
+    finished = False
+
+    async def train() -> None:
+        nonlocal finished
         await run(source, table, timeout=60)
-    assert scope.cancelled_caught
+        finished = True
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(train)
+        # Cancel once the plan is running (its process may take long to start on a busy host).
+        pid = await _pid_written_by_the_plan(pid_file, timeout=60)
+        group.cancel_scope.cancel()
+
+    assert not finished
     with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
+        os.kill(pid, 0)
+
+
+async def _pid_written_by_the_plan(pid_file: Path, *, timeout: float) -> int:
+    """The process id the plan wrote to ``pid_file``, once it is there in full."""
+    with anyio.fail_after(timeout):
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(await anyio.Path(pid_file).read_text())
+            await anyio.sleep(0.05)
 
 
 async def test_the_plan_output_and_files_stay_out_of_the_caller(table, capfd):

@@ -147,7 +147,9 @@ async def test_the_page_shows_no_password_of_the_management_url(tmp_path: Path) 
 
 @pytest.mark.anyio
 async def test_a_job_run_over_the_network_reads_back_whole(tmp_path: Path) -> None:
-    async with network(tmp_path) as requests:
+    # Every round must reach both nodes: a node is sampled only while its heartbeats are on
+    # time, and on a busy host this one event loop may stall for longer than 3 x 0.2 s.
+    async with network(tmp_path, heartbeat_interval=2) as requests:
         with JobStore(tmp_path / "researcher") as store:
             scheduler = scheduler_for(tmp_path, requests, store)
             job = scheduler.submit(training_job(rounds=2).spec)

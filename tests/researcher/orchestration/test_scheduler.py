@@ -79,9 +79,12 @@ def slow(seconds: float, handler: Handler) -> Handler:
 
 @asynccontextmanager
 async def network(
-    root: Path, handlers: Callable[[str], dict[str, Handler]] | None = None
+    root: Path,
+    handlers: Callable[[str], dict[str, Handler]] | None = None,
+    heartbeat_interval: float = 0.2,
 ) -> AsyncIterator[Requests]:
-    """Node agents n1 and n2, each with a demo shard, and researcher alice, in memory."""
+    """Node agents n1 and n2, each with a demo shard, and researcher alice, in memory; a node
+    counts as gone after three ``heartbeat_interval`` without a heartbeat read."""
     broker = MemoryBroker()
     topology = Topology("jobs")
     introduce("alice", root / "researcher", {node: root / "nodes" / node for node in NODES})
@@ -96,7 +99,7 @@ async def network(
             register_demo_shard(root / "nodes" / node, index, len(NODES))
             settings = NodeSettings(
                 node_id=node, data_dir=root / "nodes" / node, namespace=topology.namespace,
-                heartbeat_interval=0.2,
+                heartbeat_interval=heartbeat_interval,
             )  # fmt: skip
             transport = await stack.enter_async_context(MemoryTransport(broker))
             agent_handlers = {**HANDLERS, **(handlers(node) if handlers else {})}

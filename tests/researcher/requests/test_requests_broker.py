@@ -287,7 +287,8 @@ async def test_presence_lists_nodes_and_ping_defaults_to_them(
     fed = await requests.ping(timeout=5)
     assert set(fed.replies()) == {"a", "b"}
 
-    agents.stop_all()
+    # In a thread: the event loop must go on reading heartbeats while the agents stop.
+    await anyio.to_thread.run_sync(agents.stop_all)
     with anyio.fail_after(10):
         while requests.presence.online_ids():
             await anyio.sleep(0.1)
