@@ -379,10 +379,8 @@ class ReassembledStream:
         while True:
             async with self._lock:
                 await self._adjust_prefetch()
-                due = reassembler.next_eviction()
-                if len(self._raw):  # a consumer that fell behind is not idle: read on first
-                    due = None
-                elif due is not None and due <= time.monotonic():
+                due = None if len(self._raw) else reassembler.next_eviction()  # behind: not idle
+                if due is not None and due <= time.monotonic():
                     await reassembler.evict_idle()
                     continue
             delivery: Delivery | None = None
