@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from training_plans.batches import shuffled_batches
 from training_plans.plan import Params, TrainingPlan
 
 __all__ = ["SklearnLinearPlan"]
@@ -104,19 +105,12 @@ class SklearnLinearPlan(TrainingPlan):
         Reports its progress: the step (``iteration``) and the ``loss`` of its batch before
         the step (mean squared error of a regressor, error rate of a classifier), and at the
         end the metrics on ``x``."""
-        epochs = int(training_args.get("epochs", 1))
-        batch_size = max(1, int(training_args.get("batch_size", 32)))
-        rng = np.random.default_rng(int(training_args.get("seed", 0)))
         extra = {} if self.classes is None else {"classes": self.classes}
         step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(y))
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                step += 1
-                if self.progress_due():
-                    self.report_progress(iteration=step, loss=self._batch_loss(x[batch], y[batch]))
-                self.estimator.partial_fit(x[batch], y[batch], **extra)
+        for step, batch in shuffled_batches(len(y), training_args):
+            if self.progress_due():
+                self.report_progress(iteration=step, loss=self._batch_loss(x[batch], y[batch]))
+            self.estimator.partial_fit(x[batch], y[batch], **extra)
         metrics = self.evaluate(x, y)
         self.report_progress(iteration=step, **metrics)
         return metrics

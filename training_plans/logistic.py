@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from training_plans.batches import shuffled_batches
 from training_plans.corrections import LocalCorrection
 from training_plans.plan import Params, TrainingPlan
 
@@ -90,26 +91,19 @@ class LogisticRegressionPlan(TrainingPlan):
         Returns:
             ``{"loss": ...}``, the mean log loss on ``x`` after training.
         """
-        epochs = int(training_args.get("epochs", 1))
-        batch_size = max(1, int(training_args.get("batch_size", 32)))
         rate = float(training_args.get("learning_rate", 0.1))
         l2 = float(training_args.get("l2", 0.0))
-        rng = np.random.default_rng(int(training_args.get("seed", 0)))
         correction = LocalCorrection(self._params(), training_args, self.aux_var_in)
         step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(y))
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                step += 1
-                if self.progress_due():
-                    self.report_progress(iteration=step, loss=self._log_loss(x[batch], y[batch]))
-                error = self._probabilities(x[batch]) - y[batch]
-                coef = x[batch].T @ error / len(batch) + l2 * self.coef
-                intercept = np.array([np.mean(error)])
-                self.coef -= rate * correction.gradient("coef", self.coef, coef)
-                self.intercept -= rate * correction.gradient("intercept", self.intercept, intercept)
-                correction.count_step()
+        for step, batch in shuffled_batches(len(y), training_args):
+            if self.progress_due():
+                self.report_progress(iteration=step, loss=self._log_loss(x[batch], y[batch]))
+            error = self._probabilities(x[batch]) - y[batch]
+            coef = x[batch].T @ error / len(batch) + l2 * self.coef
+            intercept = np.array([np.mean(error)])
+            self.coef -= rate * correction.gradient("coef", self.coef, coef)
+            self.intercept -= rate * correction.gradient("intercept", self.intercept, intercept)
+            correction.count_step()
         self.aux_var_out = correction.aux_var(self._params(), rate)
         loss = self._log_loss(x, y)
         self.report_progress(iteration=step, loss=loss)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from training_plans.batches import shuffled_batches
 from training_plans.corrections import LocalCorrection
 from training_plans.plan import Params, TrainingPlan
 
@@ -123,26 +124,19 @@ class MLPPlan(TrainingPlan):
 
         Reports its progress: the step (``iteration``) and the ``loss`` of its batch, and at
         the end the loss on ``x``."""
-        epochs = int(training_args.get("epochs", 1))
-        batch_size = max(1, int(training_args.get("batch_size", 32)))
         rate = float(training_args.get("learning_rate", 0.05))
         l2 = float(training_args.get("l2", 0.0))
         self._check_targets(y)
-        rng = np.random.default_rng(int(training_args.get("seed", 0)))
         correction = LocalCorrection(self.params, training_args, self.aux_var_in)
         step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(y))
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                step += 1
-                if self.progress_due():
-                    self.report_progress(iteration=step, loss=self._loss(x[batch], y[batch]))
-                grads = self._gradients(x[batch], y[batch], l2)
-                for name in _NAMES:
-                    value = self.params[name]
-                    self.params[name] = value - rate * correction.gradient(name, value, grads[name])
-                correction.count_step()
+        for step, batch in shuffled_batches(len(y), training_args):
+            if self.progress_due():
+                self.report_progress(iteration=step, loss=self._loss(x[batch], y[batch]))
+            grads = self._gradients(x[batch], y[batch], l2)
+            for name in _NAMES:
+                value = self.params[name]
+                self.params[name] = value - rate * correction.gradient(name, value, grads[name])
+            correction.count_step()
         self.aux_var_out = correction.aux_var(self.params, rate)
         loss = self._loss(x, y)
         self.report_progress(iteration=step, loss=loss)
