@@ -95,7 +95,7 @@ class NodeAgent:
         self.replies = ReplyStore(settings.data_dir / "replies.sqlite")
         replier = ReplySender(
             self.node_id, settings.display_name, self.transport, self.topology, self.security,
-            self.replies, self.counters,
+            self.replies, self.counters, stored_reply_limit=settings.stored_reply_limit,
         )  # fmt: skip
         dispatcher = Dispatcher(
             self.handlers, context, replier, self.security,

@@ -26,7 +26,8 @@ from node_agent.replies import ReplyStore, StoredReply
 logger = logging.getLogger(__name__)
 
 STORED_REPLY_LIMIT = 64 * 1024**2
-"""Replies larger than this many bytes are not kept for answering redeliveries."""
+"""By default, replies larger than this many bytes are not kept for answering redeliveries
+(``BROKER_NET_NODE_STORED_REPLY_LIMIT``)."""
 
 LIGHT_TYPES = frozenset(
     {"ping_request", "list_request", "training_plan_status_request", "cancel_request"}
@@ -45,6 +46,7 @@ class ReplySender:
         security: this node's identity; ``None`` with security off.
         store: where replies are kept for answering redeliveries.
         counters: the agent's counters; ``errors`` counts every error reply.
+        stored_reply_limit: replies larger than this many bytes are not kept (0: none is).
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class ReplySender:
         security: Security | None,
         store: ReplyStore,
         counters: dict[str, int],
+        *,
+        stored_reply_limit: int = STORED_REPLY_LIMIT,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -64,6 +68,7 @@ class ReplySender:
         self.security = security
         self.store = store
         self.counters = counters
+        self.stored_reply_limit = stored_reply_limit
 
     def error(
         self,
@@ -132,25 +137,27 @@ class ReplySender:
             )  # fmt: skip
             header = self.header(reply, request_id, recipient=recipient)
             outgoing = frame(header, reply, authenticator=authenticator)
-        if outgoing.size > STORED_REPLY_LIMIT:
-            # Kept nowhere: holding it would double the node's memory, and SQLite refuses
-            # blobs over 1 GB. A redelivery after a crash runs the request again.
+        if outgoing.size > self.stored_reply_limit:
+            # Kept nowhere (the operator's choice: a copy on disk costs a write of its size).
+            # A redelivery after a crash runs the request again.
             logger.info("the reply to %s (%d bytes) is sent without being stored", request_id,
                         outgoing.size)  # fmt: skip
             await self._send(delivery, request_id, reply_to, outgoing)
             return
-        body = outgoing.body_bytes()
-        if body is not outgoing.body:
-            outgoing = replace(outgoing, body=body)
-        stored = StoredReply(body, reply_to, reply.type, header.message_id)
         if reply.type != "error" and request_header.message_type not in LIGHT_TYPES:
-            # Written to disk while the reply goes out: the stored copy only serves to answer
-            # a redelivery, and there is none once the request is acked.
+            # Written to disk while the reply goes out, from the buffers being sent (never
+            # joined): a redelivery, or the same request sent again by a researcher resuming a
+            # job, is then answered from the disk; one that comes before the writing is done
+            # runs the request again.
+            stored = StoredReply(outgoing.body, reply_to, reply.type, header.message_id)
             async with anyio.create_task_group() as group:
                 group.start_soon(self._persist, request_id, stored)
                 await self._send(delivery, request_id, reply_to, outgoing)
             return
-        self.store.remember(request_id, stored)
+        body = outgoing.body_bytes()
+        if body is not outgoing.body:
+            outgoing = replace(outgoing, body=body)
+        self.store.remember(request_id, StoredReply(body, reply_to, reply.type, header.message_id))
         await self._send(delivery, request_id, reply_to, outgoing)
 
     async def send_stored(self, delivery: Delivery, request_id: str, stored: StoredReply) -> None:

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from broker_net.settings import PartySettings
 from broker_net.topology import check_id
+from node_agent.replier import STORED_REPLY_LIMIT
 
 
 class NodeSettings(PartySettings):
@@ -99,6 +100,12 @@ class NodeSettings(PartySettings):
     )
     max_message_size: int = Field(
         default=4 * 1024**3, gt=0, description="Largest request accepted, in bytes."
+    )
+    stored_reply_limit: int = Field(
+        default=STORED_REPLY_LIMIT,
+        ge=0,
+        description="Largest reply (bytes) kept on disk to answer a redelivered or resent "
+        "request without running it again; 0 keeps none (such a request runs again).",
     )
     security: bool = Field(
         default=True,

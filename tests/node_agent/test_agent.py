@@ -32,9 +32,10 @@ TOPOLOGY = Topology("agent")
 class FakeAnalytics:
     """An fa_request handler that counts its runs and can be slow or broken."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, delay: float = 0.0, fail: bool = False, pad: int = 0) -> None:
         self.delay = delay
         self.fail = fail
+        self.pad = pad
         self.runs = 0
 
     async def __call__(self, request: FARequest, context: NodeContext) -> FAReply:
@@ -45,7 +46,7 @@ class FakeAnalytics:
         return FAReply(
             request_id=request.request_id, researcher_id=request.researcher_id,
             node_id=context.node_id, experiment_id=request.experiment_id,
-            fa_id=request.fa_id, output={"runs": self.runs},
+            fa_id=request.fa_id, output={"runs": self.runs, "pad": "x" * self.pad},
         )  # fmt: skip
 
 
@@ -58,9 +59,12 @@ def _fa(request_id: str | None = None) -> FARequest:
 
 
 async def _agent(
-    stack: AsyncExitStack, broker: MemoryBroker, data_dir: Path, handler: FakeAnalytics
-) -> NodeAgent:
-    settings = NodeSettings(node_id="n1", data_dir=data_dir, namespace="agent", security=False)
+    stack: AsyncExitStack, broker: MemoryBroker, data_dir: Path, handler: FakeAnalytics,
+    **settings_args: Any,
+) -> NodeAgent:  # fmt: skip
+    settings = NodeSettings(
+        node_id="n1", data_dir=data_dir, namespace="agent", security=False, **settings_args
+    )
     transport = await stack.enter_async_context(MemoryTransport(broker))
     handlers = dict(HANDLERS, fa_request=handler)
     return await stack.enter_async_context(
@@ -138,10 +142,20 @@ async def test_a_handler_exception_becomes_an_error_without_traceback(
         assert ping.status() == {"n1": RequestStatus.SUCCESS}
 
 
+@pytest.mark.parametrize(
+    ("pad", "settings_args", "runs"),
+    [
+        (0, {}, [1, 1]),  # kept in SQLite
+        (2 * 1024**2, {}, [1, 1]),  # kept in a file of its own
+        (0, {"stored_reply_limit": 0}, [1, 2]),  # kept nowhere: the request runs again
+    ],
+    ids=["small", "large", "not-kept"],
+)
 async def test_a_redelivered_request_is_answered_from_the_stored_reply_after_a_restart(
-    memory_broker: MemoryBroker, tmp_path: Path
-) -> None:
-    handler = FakeAnalytics()
+    memory_broker: MemoryBroker, tmp_path: Path, pad: int, settings_args: dict[str, Any],
+    runs: list[int],
+) -> None:  # fmt: skip
+    handler = FakeAnalytics(pad=pad)
     request = _fa("request_fixed")
     header = EnvelopeHeader.for_message(
         request, sender_id="alice", sender_role="researcher", recipient="n1"
@@ -156,7 +170,7 @@ async def test_a_redelivered_request_is_answered_from_the_stored_reply_after_a_r
         await researcher_side.declare(*TOPOLOGY.researcher_declarations("alice"))
         for _ in range(2):
             async with AsyncExitStack() as stack:  # two runs of the agent, same data folder
-                await _agent(stack, memory_broker, tmp_path, handler)
+                await _agent(stack, memory_broker, tmp_path, handler, **settings_args)
                 await researcher_side.publish(TOPOLOGY.requests_exchange.name, "n1", outgoing)
                 await anyio.sleep(0.2)
         replies = []
@@ -165,9 +179,11 @@ async def test_a_redelivered_request_is_answered_from_the_stored_reply_after_a_r
                 async for delivery in deliveries:
                     replies.append(decode_message(unseal(delivery.body).body))
                     await delivery.ack()
-    assert handler.runs == 1
-    assert len(replies) == 2
-    assert all(isinstance(reply, FAReply) and reply.output == {"runs": 1} for reply in replies)
+    assert handler.runs == max(runs)
+    assert [reply.output["runs"] for reply in replies if isinstance(reply, FAReply)] == runs
+    assert all(len(reply.output["pad"]) == pad for reply in replies)
+    kept_in_files = list((tmp_path / "replies-bodies").glob("*.reply"))
+    assert len(kept_in_files) == (1 if pad else 0)
 
 
 async def test_unreadable_bytes_without_reply_address_are_dead_lettered(
