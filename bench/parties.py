@@ -9,14 +9,19 @@ with eight published ahead of their confirms. Each process prints its peak resid
 
     python -m bench.parties nodes --kind raw --url URL --namespace NS --count 10 --dir DIR
     python -m bench.parties researcher --kind raw --url URL --namespace NS --scenario ping ...
+
+``BENCH_CHUNKING=<chunk MiB>,<window>`` (e.g. ``1,16``) changes our side's chunk size and
+publish window in both processes, for a sweep; raw keeps 4 MiB and 8.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -29,8 +34,10 @@ import aio_pika
 import anyio
 import numpy as np
 
+import broker_net.amqp.transport
 from bench.swarm import swarm
 from broker_net.amqp import AmqpTransport
+from broker_net.chunking import Chunking
 from broker_net.crypto.authentication import Security
 from broker_net.messages import PingRequest, TrainReply, TrainRequest
 from broker_net.topology import Topology
@@ -251,7 +258,8 @@ async def run_researcher(args: argparse.Namespace) -> dict[str, Any]:
             return await _scenario(args, nodes, raw_send(raw))
     requests = await _ours(args.url, topology, args.security_dir)
     try:
-        return await _scenario(args, nodes, ours_send(requests))
+        send, prepare = ours_send(requests)
+        return await _scenario(args, nodes, send, prepare)
     finally:
         await requests.__aexit__(None, None, None)
         transport = requests.transport
@@ -281,42 +289,62 @@ def raw_send(raw: RawResearcher) -> Send:
     return send
 
 
-def ours_send(requests: Requests) -> Send:
-    """The same through Requests and NodeAgent: a PingRequest, or a TrainRequest echoed."""
+HAND_OVER_SIZE = 256 * 1024**2
+"""From this size the researcher hands its parameters over: it keeps no reference to the
+message it sends, as a researcher with a large model that needs no copy of it would."""
+
+
+def ours_send(requests: Requests) -> tuple[Send, Callable[[int], None]]:
+    """The same through Requests and NodeAgent: a PingRequest, or a TrainRequest echoed; and
+    the preparation of the next message, done before each timed send."""
     trains: dict[int, TrainRequest] = {}
 
+    def prepare(size: int) -> None:
+        if size and size not in trains:
+            trains.clear()
+            trains[size] = TrainRequest(
+                researcher_id=RESEARCHER, experiment_id="bench", round=1,
+                training_plan="class Plan: ...", training_plan_class="Plan",
+                dataset_id="bench", params=params_of(size),
+            )  # fmt: skip
+
     async def send(scenario: str, nodes: list[str], size: int) -> None:
+        prepare(size)
         if size == 0:
             message: Any = PingRequest(researcher_id=RESEARCHER)
+        elif size >= HAND_OVER_SIZE:
+            message = trains.pop(size)
         else:
-            if size not in trains:
-                trains.clear()
-                trains[size] = TrainRequest(
-                    researcher_id=RESEARCHER, experiment_id="bench", round=1,
-                    training_plan="class Plan: ...", training_plan_class="Plan",
-                    dataset_id="bench", params=params_of(size),
-                )  # fmt: skip
             message = trains[size]
-        fed = await requests.request(message, nodes, [DiscardOnTimeout(600)])
+        fed = requests.send(message, nodes, [DiscardOnTimeout(600)])
+        del message
+        async with fed:
+            pass
         replies = fed.replies()
         if len(replies) != len(nodes):
             raise RuntimeError(f"{scenario}: {fed.status()} {fed.reasons()}")
         if size:
             assert all(isinstance(r, TrainReply) and r.params for r in replies.values())
 
-    return send
+    return send, prepare
 
 
-async def _scenario(args: argparse.Namespace, nodes: list[str], send: Send) -> dict[str, Any]:
+async def _scenario(
+    args: argparse.Namespace, nodes: list[str], send: Send,
+    prepare: Callable[[int], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     for _ in range(args.warmup):
         await send(args.scenario, nodes, args.size)
     timings = []
-    cpu_start = time.process_time()
+    cpu = 0.0
     for _ in range(args.repeat):
+        if prepare is not None:
+            prepare(args.size)  # neither timed nor counted
+        cpu_start = time.process_time()
         start = time.perf_counter()
         await send(args.scenario, nodes, args.size)
         timings.append(time.perf_counter() - start)
-    cpu = time.process_time() - cpu_start
+        cpu += time.process_time() - cpu_start
     return {
         "timings": timings,
         "cpu_per_op": cpu / max(args.repeat, 1),
@@ -346,8 +374,20 @@ def _node_main(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_rss": peak_rss()}), flush=True)
 
 
+def _apply_chunking(setting: str) -> None:
+    """Our transports' chunking from ``BENCH_CHUNKING`` (``<chunk MiB>,<window>``)."""
+    if not setting:
+        return
+    chunk_mb, window = setting.split(",")
+    transport_module: Any = broker_net.amqp.transport
+    transport_module.Chunking = functools.partial(
+        Chunking, chunk_size=int(float(chunk_mb) * 1024**2), publish_window=int(window)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one side of a benchmark (see the module docstring)."""
+    _apply_chunking(os.environ.get("BENCH_CHUNKING", ""))
     parser = argparse.ArgumentParser(prog="python -m bench.parties")
     parser.add_argument("side", choices=["nodes", "researcher"])
     parser.add_argument("--kind", choices=["ours", "raw"], required=True)

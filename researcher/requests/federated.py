@@ -240,6 +240,7 @@ class FederatedRequest:
         """Publish to every node, then take the replies parked for this request id."""
         sender = RequestSender(self._requests, self._nodes, self._policies, self._expiration)
         await sender.send(self._messages, self._already_sent)
+        self._messages = {}  # published: a model the caller let go of is freed meanwhile
         self._requests.deliver_parked(self)
 
     async def _wait(self) -> None:

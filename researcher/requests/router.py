@@ -157,11 +157,12 @@ class Requests:
         already_sent: Mapping[str, datetime] | None = None,
         hooks: RequestHooks | None = None,
     ) -> FederatedRequest:
-        """Send and wait; return the finished :class:`FederatedRequest` (see :meth:`send`)."""
-        async with self.send(
-            messages, nodes, policies, expiration=expiration, request_id=request_id,
-            already_sent=already_sent, hooks=hooks,
-        ) as fed:  # fmt: skip
+        """Send and wait; return the finished :class:`FederatedRequest` (see :meth:`send`).
+        Once sent, ``messages`` are not held while the replies come in."""
+        fed = self.send(messages, nodes, policies, expiration=expiration,
+                        request_id=request_id, already_sent=already_sent, hooks=hooks)  # fmt: skip
+        del messages
+        async with fed:
             return fed
 
     async def ping(
