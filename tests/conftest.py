@@ -8,6 +8,7 @@ broker never see each other's queues.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -45,7 +46,25 @@ def rabbitmq_vhost() -> Iterator[str]:
         try:
             yield vhost
         finally:
-            client.delete(f"/vhosts/{quote(vhost, safe='')}")
+            _delete_vhost(client, vhost)
+
+
+def _delete_vhost(client: httpx.Client, vhost: str, patience: float = 300.0) -> None:
+    """Delete ``vhost`` and wait until it is gone. The broker deletes a vhost's queues and
+    exchanges one by one, which on a busy machine can outlast one HTTP timeout; it goes on
+    deleting after the request times out, so the vhost is polled until it is gone."""
+    path = f"/vhosts/{quote(vhost, safe='')}"
+    deadline = time.monotonic() + patience
+    try:
+        response = client.delete(path, timeout=120)
+        if response.status_code not in (204, 404):
+            response.raise_for_status()
+    except httpx.TimeoutException:
+        pass
+    while client.get(path).status_code != 404:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test vhost {vhost} was not deleted within {patience} s")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

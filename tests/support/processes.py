@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import selectors
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,11 +52,16 @@ class AgentProcesses:
             self.wait_ready(node_id)
 
     def wait_ready(self, node_id: str, timeout: float = 30.0) -> None:
+        """Wait until the agent prints ``ready``; a RuntimeError when it exits first or says
+        nothing within ``timeout`` seconds (the wait never outlives its deadline)."""
         process = self.processes[node_id]
-        deadline = time.monotonic() + timeout
         assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                raise RuntimeError(f"agent {node_id} did not start within {timeout} s")
         line = process.stdout.readline()
-        if line.strip() != "ready" or time.monotonic() > deadline:
+        if line.strip() != "ready":
             raise RuntimeError(f"agent {node_id} did not start (exit code {process.poll()})")
 
     def kill(self, node_id: str) -> None:
