@@ -17,8 +17,15 @@ On the wire every chunk is an ordinary message with the same ``message_id``,
     the size of every chunk but the last, so each chunk's offset is ``index * size``;
 ``x-transfer-size``
     the size of the whole body;
-``x-transfer-sha256``
-    on the last chunk only (since protocol 1.1): the SHA-256 (hex) of the whole body.
+``x-transfer-hash``
+    on every chunk (since protocol 1.2): the hash of ``x-transfer-digest``, ``xxh3-128`` by
+    default (see :mod:`broker_net.transfer_digest`);
+``x-transfer-digest``
+    on the last chunk only: the digest (hex) of the whole body.
+
+Senders of protocol 1.0 and 1.1 send no ``x-transfer-hash`` and ``x-transfer-sha256`` instead
+of ``x-transfer-digest`` (1.0 on every chunk, 1.1 on the last); a receiver takes both forms, and
+a sender set to ``Chunking(transfer_hash="sha256")`` writes the 1.1 form for older receivers.
 
 The sender hashes each chunk as it cuts it (in a worker thread, while the chunks before it are
 on their way), so the digest is ready when the last chunk goes and hashing overlaps the network
@@ -27,7 +34,7 @@ preallocates one buffer of the announced size and copies each chunk into place (
 thread, hashing it on the way), so the whole body is one buffer handed up as is, a
 ``memoryview``, with no further copy. It refuses a transfer above :attr:`Chunking.max_size` and
 any transfer that would take the bytes being reassembled at once above
-:attr:`Chunking.memory_limit`, checks the SHA-256 of the whole against the last chunk's, and
+:attr:`Chunking.memory_limit`, checks the digest of the whole against the last chunk's, and
 drops the chunks of a transfer that has seen no chunk for :attr:`Chunking.idle_timeout` seconds,
 with a log line. A refused or corrupted transfer is still handed up once, with an empty body and
 the ``x-transfer-error`` header, so the consumer can answer the sender (see :func:`failure`).
@@ -44,7 +51,6 @@ are released as soon as they are copied, so holding them costs no memory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import uuid
@@ -54,6 +60,14 @@ from typing import Any
 
 import anyio
 
+from broker_net.transfer_digest import (
+    ALGORITHMS,
+    HASH_IN_THREAD,
+    SHA256,
+    XXH3_128,
+    Hasher,
+    new_hasher,
+)
 from broker_net.transport import Delivery, OutgoingMessage
 
 logger = logging.getLogger(__name__)
@@ -63,7 +77,10 @@ CHUNK_INDEX = "x-chunk-index"
 CHUNK_COUNT = "x-chunk-count"
 CHUNK_SIZE = "x-chunk-size"
 TRANSFER_SIZE = "x-transfer-size"
+TRANSFER_HASH = "x-transfer-hash"
+TRANSFER_DIGEST = "x-transfer-digest"
 TRANSFER_SHA256 = "x-transfer-sha256"
+"""The digest header of senders of protocol 1.0 and 1.1 (always SHA-256)."""
 TRANSFER_ERROR = "x-transfer-error"
 """Header of a refused or corrupted transfer handed up with an empty body: an ErrorCode name."""
 TRANSFER_ERROR_REASON = "x-transfer-error-reason"
@@ -71,8 +88,6 @@ TRANSFER_ERROR_REASON = "x-transfer-error-reason"
 
 MAX_PREFETCH = 65_535
 """The largest prefetch count AMQP can express."""
-
-HASH_IN_THREAD = 1024**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,8 @@ class Chunking:
             would go above it is refused.
         idle_timeout: seconds without a chunk after which a receiver abandons a transfer.
         publish_window: chunks a sender publishes ahead of the broker's confirms.
+        transfer_hash: the hash a sender puts on its transfers: ``xxh3-128``, or ``sha256``
+            in the headers of protocol 1.1 for receivers older than 1.2.
     """
 
     chunk_size: int = 4 * 1024**2
@@ -94,12 +111,15 @@ class Chunking:
     memory_limit: int = 8 * 1024**3
     idle_timeout: float = 60.0
     publish_window: int = 8
+    transfer_hash: str = XXH3_128
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.max_size < 1 or self.memory_limit < 1:
             raise ValueError("chunk_size, max_size and memory_limit must be positive")
         if self.idle_timeout <= 0 or self.publish_window < 1:
             raise ValueError("idle_timeout and publish_window must be positive")
+        if self.transfer_hash not in ALGORITHMS:
+            raise ValueError(f"transfer_hash must be one of {', '.join(ALGORITHMS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +176,9 @@ async def publish_chunked(
         CHUNK_SIZE: chunk_size,
         TRANSFER_SIZE: size,
     }
-    hasher = hashlib.sha256()
+    if chunking.transfer_hash != SHA256:
+        headers[TRANSFER_HASH] = chunking.transfer_hash
+    hasher = new_hasher(chunking.transfer_hash)
     window = anyio.Semaphore(chunking.publish_window)
 
     async def send(body: bytes, chunk_headers: dict[str, Any]) -> None:
@@ -174,7 +196,8 @@ async def publish_chunked(
             await window.acquire()
             chunk_headers = {**headers, CHUNK_INDEX: index}
             if index == count - 1:
-                chunk_headers[TRANSFER_SHA256] = hasher.hexdigest()
+                digest_header = TRANSFER_SHA256 if TRANSFER_HASH not in headers else TRANSFER_DIGEST
+                chunk_headers[digest_header] = hasher.hexdigest()
             group.start_soon(send, body, chunk_headers)
 
 
@@ -197,7 +220,7 @@ def _cut(parts: list[bytes | memoryview], chunk_size: int) -> Iterator[list[memo
         yield pending
 
 
-async def _join_hashing(pieces: list[memoryview], hasher: Any) -> bytes:
+async def _join_hashing(pieces: list[memoryview], hasher: Hasher) -> bytes:
     """The pieces joined into one chunk, fed to ``hasher`` on the way."""
 
     def join() -> bytes:
@@ -207,24 +230,9 @@ async def _join_hashing(pieces: list[memoryview], hasher: Any) -> bytes:
 
     if sum(piece.nbytes for piece in pieces) < HASH_IN_THREAD:
         return join()
-    # bytes.join and hashlib release the GIL on large inputs: the event loop keeps publishing
-    # the chunks before this one meanwhile.
+    # bytes.join and the hashes release the GIL on large inputs: the event loop keeps
+    # publishing the chunks before this one meanwhile.
     return await anyio.to_thread.run_sync(join)
-
-
-async def sha256_of(parts: list[bytes | memoryview], size: int) -> bytes:
-    """The SHA-256 of the concatenated ``parts``, in a worker thread when they are large."""
-
-    def digest() -> bytes:
-        hasher = hashlib.sha256()
-        for part in parts:
-            hasher.update(part)
-        return hasher.digest()
-
-    if size < HASH_IN_THREAD:
-        return digest()
-    # hashlib releases the GIL on large inputs: the event loop keeps running meanwhile.
-    return await anyio.to_thread.run_sync(digest)
 
 
 # --- reading chunk headers ----------------------------------------------------------------------
@@ -243,7 +251,10 @@ class ChunkHeader:
     count: int
     chunk_size: int
     size: int
-    sha256: str | None
+    algorithm: str
+    """The transfer's hash (``x-transfer-hash``; ``sha256`` when a sender older than 1.2
+    names none)."""
+    digest: str | None
     """The digest of the whole body: always on the last chunk, on the others only from senders
     of protocol 1.0 (which put it on every chunk)."""
 
@@ -261,7 +272,8 @@ class ChunkHeader:
                 count=int(headers[CHUNK_COUNT]),
                 chunk_size=int(headers[CHUNK_SIZE]),
                 size=int(headers[TRANSFER_SIZE]),
-                sha256=_optional_str(headers.get(TRANSFER_SHA256)),
+                algorithm=str(headers.get(TRANSFER_HASH, SHA256)),
+                digest=_optional_str(headers.get(TRANSFER_DIGEST, headers.get(TRANSFER_SHA256))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad chunk headers: {exc!r}") from exc
@@ -271,8 +283,11 @@ class ChunkHeader:
             raise ValueError(
                 f"{parsed.size} bytes in chunks of {parsed.chunk_size} is not {parsed.count} chunks"
             )
-        if parsed.sha256 is None and parsed.index == parsed.count - 1:
-            raise ValueError(f"the last chunk has no {TRANSFER_SHA256} header")
+        if parsed.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown {TRANSFER_HASH} {parsed.algorithm!r}")
+        if parsed.digest is None and parsed.index == parsed.count - 1:
+            wanted = TRANSFER_SHA256 if TRANSFER_HASH not in headers else TRANSFER_DIGEST
+            raise ValueError(f"the last chunk has no {wanted} header")
         return parsed
 
     def span(self) -> tuple[int, int]:
@@ -283,8 +298,8 @@ class ChunkHeader:
     def same_transfer(self, other: ChunkHeader) -> bool:
         """Whether ``other`` describes the same whole body (digests compared when both have
         one)."""
-        if None not in (self.sha256, other.sha256) and self.sha256 != other.sha256:
+        if None not in (self.digest, other.digest) and self.digest != other.digest:
             return False
-        return (self.count, self.chunk_size, self.size) == (
-            other.count, other.chunk_size, other.size,
+        return (self.count, self.chunk_size, self.size, self.algorithm) == (
+            other.count, other.chunk_size, other.size, other.algorithm,
         )  # fmt: skip

@@ -2,7 +2,7 @@
 
 The receiving side of :mod:`broker_net.chunking`. :class:`Reassembler` preallocates a buffer
 of the announced size, copies each chunk into place (in a worker thread, hashing it on the
-way), refuses transfers over the size and memory limits, checks the SHA-256 of the whole against
+way), refuses transfers over the size and memory limits, checks the digest of the whole against
 the last chunk's and drops idle transfers. :class:`ReassembledStream` is what a transport's
 ``consume`` yields: whole deliveries, its consumer's prefetch raised while chunks are held.
 """
@@ -10,7 +10,6 @@ the last chunk's and drops idle transfers. :class:`ReassembledStream` is what a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,16 +20,15 @@ import anyio
 import numpy as np
 
 from broker_net.chunking import (
-    HASH_IN_THREAD,
     MAX_PREFETCH,
     TRANSFER_ERROR,
     TRANSFER_ERROR_REASON,
     TRANSFER_ID,
     ChunkHeader,
     Chunking,
-    sha256_of,
 )
 from broker_net.inbox import Inbox
+from broker_net.transfer_digest import HASH_IN_THREAD, digest_of, new_hasher
 from broker_net.transport import Delivery, ProgressCallback, TransferProgress
 
 logger = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ class _Transfer:
 
     def __init__(self, header: ChunkHeader, first: Delivery, now: float) -> None:
         self.header = header
-        self.sha256 = header.sha256
+        self.digest_wanted = header.digest
         """The announced digest of the whole, once a chunk carrying it has arrived."""
         self.first = first
         # Not zero-filled as a bytearray would be: every byte is written by a chunk, and
@@ -53,7 +51,7 @@ class _Transfer:
         self.received_bytes = 0
         self.last_chunk_at = now
         self.started_at = now
-        self._hasher: Any = hashlib.sha256()
+        self._hasher: Any = new_hasher(header.algorithm)
         self._hashed = 0
         """Chunks hashed so far, in order; when one arrives out of order the whole buffer is
         hashed at the end instead."""
@@ -63,7 +61,7 @@ class _Transfer:
         body = delivery.body
         if len(body) != end - start:
             raise ValueError(f"chunk {header.index} holds {len(body)} bytes, not {end - start}")
-        self.sha256 = header.sha256 or self.sha256
+        self.digest_wanted = header.digest or self.digest_wanted
         if self.chunks[header.index] is None:
             self.received += 1
             self.received_bytes += end - start
@@ -86,7 +84,7 @@ class _Transfer:
         if end - start < HASH_IN_THREAD:
             copy()
             return
-        # numpy and hashlib release the GIL: the event loop reads the next chunk meanwhile.
+        # numpy and the hashes release the GIL: the event loop reads the next chunk meanwhile.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(copy)
 
@@ -98,8 +96,8 @@ class _Transfer:
         if self._hasher is not None and self._hashed == self.header.count:
             return str(self._hasher.hexdigest())
         with anyio.CancelScope(shield=True):
-            digest = await sha256_of([self.buffer], self.header.size)
-        return digest.hex()
+            digest = await digest_of(self.header.algorithm, [self.buffer], self.header.size)
+        return digest
 
     def deliveries(self) -> list[Delivery]:
         return [chunk for chunk in self.chunks if chunk is not None]
@@ -163,7 +161,7 @@ class Reassembler:
                 code, reason = refusal
                 return self._refuse(delivery, header.transfer_id, code, reason, now)
             transfer = self._start(header, delivery, now)
-        elif not header.same_transfer(replace(transfer.header, sha256=transfer.sha256)):
+        elif not header.same_transfer(replace(transfer.header, digest=transfer.digest_wanted)):
             reason = "chunks of one transfer disagree on its size, chunking or digest"
             return await self._fail(transfer, delivery, "TRANSFER_CORRUPTED", reason, now)
         previous = transfer.chunks[header.index]
@@ -186,13 +184,15 @@ class Reassembler:
             return None
         self._forget(transfer)
         digest = await transfer.digest()
-        if digest != transfer.sha256:
+        if digest != transfer.digest_wanted:
+            algorithm = transfer.header.algorithm
             logger.warning(
-                "transfer %s (message %s) is corrupted: SHA-256 %s, announced %s",
-                header.transfer_id, transfer.first.message_id, digest, transfer.sha256,
+                "transfer %s (message %s) is corrupted: %s %s, announced %s", header.transfer_id,
+                transfer.first.message_id, algorithm, digest, transfer.digest_wanted,
             )  # fmt: skip
             return self._whole(
-                transfer, failed=("TRANSFER_CORRUPTED", "the SHA-256 of the message is wrong")
+                transfer,
+                failed=("TRANSFER_CORRUPTED", f"the message's {algorithm} digest is wrong"),
             )
         return self._whole(transfer)
 

@@ -32,6 +32,7 @@ from unittest import mock
 
 import msgpack
 import numpy as np
+import xxhash
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -864,17 +865,19 @@ def chunking_file(envelopes: dict[str, Any]) -> dict[str, Any]:
             "The train_request envelope of envelopes.json published with a chunk size of "
             f"{CHUNK_SIZE} bytes: each chunk is an AMQP message with the whole message's "
             "properties and headers plus x-transfer-id, x-chunk-index, x-chunk-count, "
-            "x-chunk-size and x-transfer-size, and on the last chunk only x-transfer-sha256, "
-            "the SHA-256 of the whole envelope; its body is "
+            "x-chunk-size, x-transfer-size and x-transfer-hash (xxh3-128), and on the last "
+            "chunk only x-transfer-digest, the XXH3-128 (hex, big-endian as xxhash prints it) "
+            "of the whole envelope; its body is "
             "the slice [index * x-chunk-size, min((index + 1) * x-chunk-size, "
             "x-transfer-size)) of the envelope. The transfer id is fixed here; senders draw a "
             "fresh one (32 hex digits) per transfer. `corrupted` is chunk 1 with one byte "
-            "changed: the reassembled transfer fails its SHA-256 (TRANSFER_CORRUPTED)."
+            "changed: the reassembled transfer fails its digest (TRANSFER_CORRUPTED)."
         ),
         "protocol_version": PROTOCOL_VERSION,
         "chunk_size": CHUNK_SIZE,
         "source": {"message_type": "train_request", "envelope": whole.hex()},
-        "transfer_sha256": hashlib.sha256(whole).hexdigest(),
+        "transfer_hash": "xxh3-128",
+        "transfer_digest": xxhash.xxh3_128(whole).hexdigest(),
         "amqp": case["amqp"] | {"properties": amqp_properties(outgoing)},
         "chunks": [
             {

@@ -18,11 +18,13 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+import xxhash
 
 from broker_net.amqp import AmqpTransport
 from broker_net.chunking import (
     CHUNK_INDEX,
-    HASH_IN_THREAD,
+    TRANSFER_DIGEST,
+    TRANSFER_HASH,
     TRANSFER_ID,
     TRANSFER_SHA256,
     Chunking,
@@ -38,6 +40,7 @@ from broker_net.memory import MemoryBroker, MemoryTransport
 from broker_net.messages import ErrorMessage, PingReply, PingRequest, TrainReply, TrainRequest
 from broker_net.reassembly import ReassembledStream, Reassembler
 from broker_net.topology import Topology
+from broker_net.transfer_digest import HASH_IN_THREAD
 from broker_net.transport import Delivery, OutgoingMessage, TransferProgress, Transport
 from node_agent.agent import NodeAgent
 from node_agent.context import NodeContext
@@ -152,9 +155,38 @@ async def test_chunks_carry_the_transfer_headers() -> None:
         )  # fmt: skip
         assert chunk.headers["x-chunk-count"] == 3
         assert chunk.headers["x-transfer-size"] == 600
-    # The digest of the whole goes with the last chunk only (protocol 1.1).
+    # Every chunk names the hash; the digest of the whole goes with the last chunk only.
+    assert [chunk.headers[TRANSFER_HASH] for chunk in chunks] == ["xxh3-128"] * 3
+    assert [TRANSFER_DIGEST in chunk.headers for chunk in chunks] == [False, False, True]
+    assert chunks[-1].headers[TRANSFER_DIGEST] == xxhash.xxh3_128(body).hexdigest()
+    assert not any(TRANSFER_SHA256 in chunk.headers for chunk in chunks)
+
+
+async def test_a_sender_set_to_sha256_writes_the_headers_of_protocol_1_1() -> None:
+    body = _body(600)
+    chunks = await _chunks_of(_message(body), replace(SMALL, transfer_hash="sha256"))
+    assert not any(TRANSFER_HASH in chunk.headers for chunk in chunks)
     assert [TRANSFER_SHA256 in chunk.headers for chunk in chunks] == [False, False, True]
     assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+    whole = await _fed(chunks[::-1])
+    assert whole is not None and failure(whole) is None and bytes(whole.body) == body
+    wrong = hashlib.sha256(b"other").hexdigest()
+    chunks[-1] = replace(chunks[-1], headers={**chunks[-1].headers, TRANSFER_SHA256: wrong})
+    refused = await _fed(chunks)
+    assert getattr(failure(refused) if refused else None, "code", None) == "TRANSFER_CORRUPTED"
+
+
+async def test_an_unknown_or_contradictory_transfer_hash_is_refused() -> None:
+    chunks = await _chunks_of(_message(_body(600)))
+    unknown = [replace(c, headers={**c.headers, TRANSFER_HASH: "md5"}) for c in chunks]
+    refused = await _fed(unknown)
+    assert getattr(failure(refused) if refused else None, "code", None) == "TRANSFER_ERROR"
+    assert "md5" in getattr(failure(refused), "reason", "")
+    chunks[1] = replace(chunks[1], headers={**chunks[1].headers, TRANSFER_HASH: "sha256"})
+    refused = await _fed(chunks)
+    assert getattr(failure(refused) if refused else None, "code", None) == "TRANSFER_CORRUPTED"
+    with pytest.raises(ValueError, match="transfer_hash"):
+        Chunking(transfer_hash="md5")
 
 
 async def test_the_digest_is_computed_from_a_body_in_parts() -> None:
@@ -162,7 +194,7 @@ async def test_the_digest_is_computed_from_a_body_in_parts() -> None:
     parts = [memoryview(body)[:100], body[100:1700], memoryview(body)[1700:]]
     chunks = await _chunks_of(replace(_message(b""), body=parts))
     assert b"".join(bytes(chunk.body) for chunk in chunks) == body
-    assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+    assert chunks[-1].headers[TRANSFER_DIGEST] == xxhash.xxh3_128(body).hexdigest()
 
 
 async def test_a_large_transfer_is_hashed_in_worker_threads() -> None:
@@ -171,7 +203,7 @@ async def test_a_large_transfer_is_hashed_in_worker_threads() -> None:
     chunking = Chunking(chunk_size=HASH_IN_THREAD)
     chunks = await _chunks_of(_message(body), chunking)
     assert [chunk.headers[CHUNK_INDEX] for chunk in chunks] == [0, 1, 2, 3]
-    assert chunks[-1].headers[TRANSFER_SHA256] == hashlib.sha256(body).hexdigest()
+    assert chunks[-1].headers[TRANSFER_DIGEST] == xxhash.xxh3_128(body).hexdigest()
     reassembler = Reassembler(chunking)
     settled: list[str] = []
     wholes = [await reassembler.feed(_delivery(c, settled, str(i))) for i, c in enumerate(chunks)]
@@ -190,18 +222,18 @@ async def _fed(chunks: list[OutgoingMessage]) -> Delivery | None:
 
 async def test_a_last_chunk_without_the_digest_is_refused() -> None:
     chunks = await _chunks_of(_message(_body(600)))
-    headers = {k: v for k, v in chunks[-1].headers.items() if k != TRANSFER_SHA256}
+    headers = {k: v for k, v in chunks[-1].headers.items() if k != TRANSFER_DIGEST}
     chunks[-1] = replace(chunks[-1], headers=headers)
     refused = await _fed(chunks)
     assert refused is not None and refused.body == b""
     assert getattr(failure(refused), "code", None) == "TRANSFER_ERROR"
-    assert TRANSFER_SHA256 in getattr(failure(refused), "reason", "")
+    assert TRANSFER_DIGEST in getattr(failure(refused), "reason", "")
 
 
 async def test_a_wrong_digest_on_the_last_chunk_is_detected_in_any_order() -> None:
     chunks = await _chunks_of(_message(_body(1000)))
-    wrong = hashlib.sha256(b"something else").hexdigest()
-    chunks[-1] = replace(chunks[-1], headers={**chunks[-1].headers, TRANSFER_SHA256: wrong})
+    wrong = xxhash.xxh3_128(b"something else").hexdigest()
+    chunks[-1] = replace(chunks[-1], headers={**chunks[-1].headers, TRANSFER_DIGEST: wrong})
     for order in (chunks, chunks[::-1], [chunks[2], chunks[0], chunks[3], chunks[1]]):
         refused = await _fed(order)
         assert refused is not None and refused.body == b""
@@ -216,7 +248,7 @@ async def test_a_truncated_transfer_is_never_handed_up() -> None:
 
 async def test_chunks_of_the_1_0_layout_with_the_digest_on_every_chunk_are_accepted() -> None:
     body = _body(1000)
-    chunks = await _chunks_of(_message(body))
+    chunks = await _chunks_of(_message(body), replace(SMALL, transfer_hash="sha256"))
     digest = chunks[-1].headers[TRANSFER_SHA256]
     old = [replace(c, headers={**c.headers, TRANSFER_SHA256: digest}) for c in chunks]
     whole = await _fed(old[::-1])
@@ -292,7 +324,7 @@ async def test_a_corrupted_chunk_is_detected(chunked: Transport, topology: Topol
         delivery = await _next(deliveries)
         refused = failure(delivery)
         assert refused is not None and refused.code == "TRANSFER_CORRUPTED"
-        assert "SHA-256" in refused.reason
+        assert refused.reason == "the message's xxh3-128 digest is wrong"
         assert delivery.correlation_id == "r1" and delivery.body == b""
         await delivery.ack()
         await _nothing_arrives(deliveries)

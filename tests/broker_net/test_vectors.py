@@ -24,6 +24,7 @@ from typing import Any, cast
 import msgpack
 import numpy as np
 import pytest
+import xxhash
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -536,7 +537,8 @@ def test_the_vector_chunks_follow_the_documented_layout() -> None:
     vector = load("chunking.json")
     whole = bytes.fromhex(vector["source"]["envelope"])
     size = vector["chunk_size"]
-    assert hashlib.sha256(whole).hexdigest() == vector["transfer_sha256"]
+    assert vector["transfer_hash"] == "xxh3-128"
+    assert xxhash.xxh3_128(whole).hexdigest() == vector["transfer_digest"]
     assert len(vector["chunks"]) == math.ceil(len(whole) / size)
     last = len(vector["chunks"]) - 1
     for index, chunk in enumerate(vector["chunks"]):
@@ -547,9 +549,10 @@ def test_the_vector_chunks_follow_the_documented_layout() -> None:
             "x-chunk-count": len(vector["chunks"]),
             "x-chunk-size": size,
             "x-transfer-size": len(whole),
+            "x-transfer-hash": vector["transfer_hash"],
         }
         if index == last:  # the digest of the whole goes with the last chunk only
-            wanted["x-transfer-sha256"] = vector["transfer_sha256"]
+            wanted["x-transfer-digest"] = vector["transfer_digest"]
         assert headers == wanted
         assert len(headers["x-transfer-id"]) == 32
         assert bytes.fromhex(chunk["body"]) == whole[index * size : (index + 1) * size]
