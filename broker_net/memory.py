@@ -10,6 +10,7 @@ here is persisted.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -148,6 +149,8 @@ class MemoryBroker:
         self.exchanges: dict[str, tuple[ExchangeKind, list[tuple[str, str]]]] = {}
         self.queues: dict[str, _Queue] = {}
         self.tags = itertools.count(1)
+        self._next_expiry = math.inf
+        """No message expires before this time: :meth:`expire` looks at no queue until then."""
 
     def declare_exchange(self, spec: ExchangeSpec) -> None:
         self.exchanges.setdefault(spec.name, (spec.kind, []))
@@ -188,6 +191,8 @@ class MemoryBroker:
         refused: PublishError | None = None
         for queue in queues:
             ttl = _expiration(message, queue.spec.arguments)
+            if ttl is not None and ttl < self._next_expiry:
+                self._next_expiry = ttl
             try:
                 queue.put(_Stored(message, exchange, routing_key, ttl))
             except PublishError as exc:  # the other queues still take the message
@@ -202,6 +207,9 @@ class MemoryBroker:
         a message sent to a node that never consumes still reaches the dead-letter queue.
         """
         now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = math.inf
         for queue in list(self.queues.values()):
             expired = [s for s in queue.ready if s.expires_at is not None and s.expires_at <= now]
             if expired:
@@ -209,6 +217,11 @@ class MemoryBroker:
                 queue.ready = deque(s for s in queue.ready if id(s) not in gone)
                 for stored in expired:
                     self.dead_letter(queue, stored, "expired")
+            # Held messages count too: a consumer that goes away gives them back.
+            held = (stored for c in queue.consumers for stored, _ in c.outstanding.values())
+            for stored in itertools.chain(queue.ready, held):
+                if stored.expires_at is not None and stored.expires_at < self._next_expiry:
+                    self._next_expiry = stored.expires_at
 
     def dead_letter(self, queue: _Queue, stored: _Stored, reason: str) -> None:
         exchange = queue.spec.arguments.get("x-dead-letter-exchange")

@@ -550,3 +550,33 @@ async def test_heartbeat_envelope_on_presence_exchange(
     received = decode_message(unseal(delivery.body).body)
     assert isinstance(received, Heartbeat)
     assert received.datasets == ["ds1"]
+
+
+async def test_a_held_message_given_back_after_its_expiry_is_dead_lettered(
+    transport: Transport, topology: Topology
+) -> None:
+    # The in-memory broker looks for expired messages only once one may have expired: a
+    # message a consumer held while the queue was looked at must still count.
+    await _declare_node(transport, topology)
+    await _send(transport, topology, _message("held", expiration=0.3))
+    async with transport.consume(topology.node_queue(NODE), prefetch=1) as deliveries:
+        held = await _next(deliveries)  # the others wait in the queue meanwhile
+        assert held.message_id == "held"
+        await _send(transport, topology, _message("short", expiration=0.05))
+        await anyio.sleep(0.15)
+        await _send(transport, topology, _message("later", expiration=60))  # a look
+        await anyio.sleep(0.3)
+    # The consumer went away without settling: "held" is back in the queue, expired.
+    await _send(transport, topology, _message("fresh"))
+    async with transport.consume(topology.dead_letter_queue) as dead:
+        reasons = {}
+        for _ in range(2):
+            delivery = await _next(dead)
+            reasons[delivery.message_id] = delivery.headers["x-death"][0]["reason"]
+            await delivery.ack()
+    assert reasons == {"short": "expired", "held": "expired"}
+    async with transport.consume(topology.node_queue(NODE)) as deliveries:
+        for wanted in ("later", "fresh"):
+            delivery = await _next(deliveries)
+            assert delivery.message_id == wanted
+            await delivery.ack()
