@@ -69,7 +69,7 @@ def _with_store(action: Callable[[JobStore, ResearcherSettings], T]) -> T:
 def _spec_problem(exc: SpecError) -> str:
     cause = exc.__cause__
     if isinstance(cause, ValidationError):
-        return f"invalid job spec: {validation_summary(cause)}"
+        return f"invalid job spec: {validation_summary(cause, exc.document)}"
     if isinstance(cause, OSError):
         return f"cannot read the job spec {cause.filename}: {(cause.strerror or '').lower()}"
     return str(exc)

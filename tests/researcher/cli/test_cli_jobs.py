@@ -141,3 +141,25 @@ def test_a_spec_with_mistakes_is_refused_before_anything_runs(tmp_path: Path) ->
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\n")
     assert "invalid job spec" in cli("job", "submit", str(bad), code=2).stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "line"),
+    [
+        ("  initial_model: {model: worst}\n",
+         "tasks[4].initial_model.model: must be 'final', 'best' or a whole number (got 'worst')"),
+        ("  strategy: {name: FedFoo}\n",
+         "tasks[4].strategy.name: must be 'fedavg', 'fedadagrad', 'fedadam', 'fedyogi', "
+         "'fedprox' or 'scaffold' (got 'FedFoo')"),
+        ("  rounds: two\n", "tasks[4].rounds: must be a whole number (got 'two')"),
+    ],
+)  # fmt: skip
+def test_a_spec_mistake_is_named_by_its_place_and_what_is_allowed(
+    tmp_path: Path, mistake: str, line: str
+) -> None:
+    cli = Cli(tmp_path / "researcher")
+    spec = training_job("mistaken", rounds=2, parallelism=1).export(tmp_path)
+    text = spec.read_text().replace("  rounds: 2\n", mistake + "  rounds: 2\n", 1)
+    spec.write_text(text.replace("  rounds: 2\n", "", 1) if "rounds" in mistake else text)
+    refused = cli("job", "submit", str(spec), "--queue-only", code=2)
+    assert refused.stderr == f"error: invalid job spec: {line}\n"
