@@ -233,7 +233,7 @@ def list_jobs(
     """List jobs, newest first, with why each is in its state."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
-        jobs = store.jobs([state] if state else None)
+        jobs = store.recent_jobs(states=[state] if state else None)
         if as_json:
             _print_json([job.as_dict() for job in jobs])
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,19 @@ def test_a_queued_job_waits_with_its_reason_until_stopped(tmp_path: Path) -> Non
     assert stopped["state"] == "canceled"
     assert cli.json("job", "status", queued["job_id"])["tasks"][0]["state"] == "canceled"
     assert cli.json("job", "list", "--state", "waiting") == []
+
+
+def test_jobs_are_listed_without_reading_their_specs(tmp_path: Path) -> None:
+    # A spec this version cannot read (stored by another) does not stop the listing.
+    cli = Cli(tmp_path / "researcher")
+    spec = analytics_job("unreadable", priority=2).export(tmp_path)
+    queued = cli.json("job", "submit", str(spec), "--queue-only")
+    with sqlite3.connect(tmp_path / "researcher" / "jobs.sqlite") as db:
+        db.execute("UPDATE jobs SET spec = 'version: 99'")
+    listed = cli.json("job", "list", "--state", "waiting")
+    assert listed == [queued]
+    table = cli("job", "list").stdout
+    assert queued["job_id"] in table and "unreadable: queued" in table and "waiting" in table
 
 
 def test_a_spec_with_mistakes_is_refused_before_anything_runs(tmp_path: Path) -> None:
