@@ -130,6 +130,15 @@ def validation_summary(exc: ValidationError, document: Any = None) -> str:
     problems: dict[tuple[str | int, ...], list[Any]] = {}
     for error in exc.errors():
         problems.setdefault(_user_path(error, document), []).append(error)
+    for place, errors in list(problems.items()):
+        # A branch that failed inside (nodes[0]: must be a text) says more than the others
+        # failing whole at its place (nodes: must be 'all').
+        inside = any(len(other) > len(place) and other[: len(place)] == place for other in problems)
+        kept = [e for e in errors if not (inside and e["loc"] and e["loc"][-1:] != place[-1:])]
+        if kept:
+            problems[place] = kept
+        else:
+            del problems[place]
     (path, errors), *others = problems.items()
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     more = f" (and {len(others)} more problem{'s' if len(others) > 1 else ''})"
