@@ -121,13 +121,77 @@ def file_error(exc: OSError) -> CliError:
     return CliError(f"cannot use{target}: {reason}", USAGE)
 
 
-def validation_summary(exc: ValidationError) -> str:
-    """A pydantic error in a few words: the first bad field and what is wrong with it."""
-    errors = exc.errors()
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "value"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]}" + (more if errors[1:] else "")
+def validation_summary(exc: ValidationError, document: Any = None) -> str:
+    """A pydantic error in a few words: the first bad field's path and what is wrong with it,
+    e.g. ``tasks[0].initial_model.model: must be 'final', 'best' or a whole number (got
+    'worst')``. The errors of a union's branches at one place are one problem. With the
+    validated ``document`` the branch names pydantic puts in paths are told from field names
+    exactly; without it, names that cannot be keys (``literal['a','b']``) are left out."""
+    problems: dict[tuple[str | int, ...], list[Any]] = {}
+    for error in exc.errors():
+        problems.setdefault(_user_path(error, document), []).append(error)
+    for place, errors in list(problems.items()):
+        # A branch that failed inside (nodes[0]: must be a text) says more than the others
+        # failing whole at its place (nodes: must be 'all').
+        inside = any(len(other) > len(place) and other[: len(place)] == place for other in problems)
+        kept = [e for e in errors if not (inside and e["loc"] and e["loc"][-1:] != place[-1:])]
+        if kept:
+            problems[place] = kept
+        else:
+            del problems[place]
+    (path, errors), *others = problems.items()
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    more = f" (and {len(others)} more problem{'s' if len(others) > 1 else ''})"
+    return f"{where or 'value'}: {_problem(errors)}" + (more if others else "")
+
+
+_NOT_A_KEY = re.compile(r"[^\w.-]|^(int|float|str|bool|none|list|dict)$")
+_EXPECTED = {
+    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "a text",
+    "list": "a list", "dict": "a mapping", "model": "a mapping", "none": "empty",
+}  # fmt: skip
+
+
+def _user_path(error: Any, document: Any) -> tuple[str | int, ...]:
+    """The path of ``error`` as the user wrote it: without the union branch names in it."""
+    loc, path, here = error["loc"], [], document
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if document is not None:
+            if isinstance(here, dict) and part in here:
+                here = here[part]
+            elif isinstance(here, list) and isinstance(part, int) and part < len(here):
+                here = here[part]
+            elif not (last and error["type"] == "missing"):
+                continue  # a branch of a union: not in what the user wrote
+        elif isinstance(part, str) and _NOT_A_KEY.search(part):
+            continue
+        path.append(part)
+    if error["type"] == "union_tag_invalid":
+        path.append(str(error["ctx"]["discriminator"]).strip("'"))
+    return tuple(path)
+
+
+def _problem(errors: list[Any]) -> str:
+    """What is wrong at one place, the union's branches' expectations joined in one line."""
+    expected: list[str] = []
+    for error in errors:
+        kind, ctx = error["type"], error.get("ctx") or {}
+        if kind == "literal_error" or kind == "union_tag_invalid":
+            choices = str(ctx.get("expected") or ctx.get("expected_tags"))
+            expected += re.split(r", | or ", choices)
+        elif kind.split("_")[0] in _EXPECTED and kind.endswith(("_type", "_parsing")):
+            expected.append(_EXPECTED[kind.split("_")[0]])
+        elif len(errors) == 1:
+            message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+            return message[:1].lower() + message[1:]
+        else:
+            expected.append(re.sub(r"^Input should be ", "", error["msg"]))
+    got = errors[0].get("input")
+    if errors[0]["type"] == "union_tag_invalid":
+        got = errors[0]["ctx"]["tag"]
+    choices = expected[0] if len(expected) == 1 else f"{', '.join(expected[:-1])} or {expected[-1]}"
+    return f"must be {choices} (got {one_line(repr(got))[:60]})"
 
 
 def report(error: CliError, *, as_json: bool = False) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import secrets
+import signal
+from types import FrameType
 from typing import Annotated
 
 import anyio
@@ -37,7 +39,8 @@ def dashboard_command(
     ] = 1.0,
 ) -> None:
     """Serve a read-only web page of jobs, their task DAG and rounds, training metrics,
-    nodes and queues, updated live; print its URL (with a fresh token) and run until Ctrl-C.
+    nodes and queues, updated live; print its URL (with a fresh token) and run until Ctrl-C
+    or SIGTERM, which stop it cleanly (exit code 0).
     Without a broker or management API the page still serves, showing what it cannot know
     as unknown; queues, rates and dead letters stay the RabbitMQ management UI's."""
     settings = load_settings()
@@ -57,19 +60,27 @@ def dashboard_command(
     reader = StoreReader(settings.data_dir)
     watch = BrokerWatch(settings)
     dashboard = Dashboard(reader, watch, token=token, interval=interval)
-    typer.echo(f"dashboard: {url_of(sock, token)}", err=False)
-    if not reader.path.exists():
-        typer.echo(
-            f"no job store yet at {reader.path}: jobs show up once one is submitted", err=True
-        )
+    # Until the server handles it, SIGTERM stops the command as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        typer.echo(f"dashboard: {url_of(sock, token)}", err=False)
+        if not reader.path.exists():
+            typer.echo(
+                f"no job store yet at {reader.path}: jobs show up once one is submitted", err=True
+            )
         with quiet_broker_clients():
             anyio.run(serve, dashboard, sock)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
         reader.close()
+    typer.echo("dashboard stopped", err=True)
+
+
+def _interrupt(sig: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> str:

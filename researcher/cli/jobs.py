@@ -69,7 +69,7 @@ def _with_store(action: Callable[[JobStore, ResearcherSettings], T]) -> T:
 def _spec_problem(exc: SpecError) -> str:
     cause = exc.__cause__
     if isinstance(cause, ValidationError):
-        return f"invalid job spec: {validation_summary(cause)}"
+        return f"invalid job spec: {validation_summary(cause, exc.document)}"
     if isinstance(cause, OSError):
         return f"cannot read the job spec {cause.filename}: {(cause.strerror or '').lower()}"
     return str(exc)
@@ -233,7 +233,7 @@ def list_jobs(
     """List jobs, newest first, with why each is in its state."""
 
     def action(store: JobStore, settings: ResearcherSettings) -> None:
-        jobs = store.jobs([state] if state else None)
+        jobs = store.recent_jobs(states=[state] if state else None)
         if as_json:
             _print_json([job.as_dict() for job in jobs])
             return

@@ -234,7 +234,7 @@ class JobSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(f"invalid job spec: {exc}") from exc
+            raise SpecError(f"invalid job spec: {exc}", document=data) from exc
 
     @classmethod
     def load(cls, path: Path) -> JobSpec:

@@ -32,7 +32,12 @@ ALL_NODES: Literal["all"] = "all"
 
 
 class SpecError(ValueError):
-    """Raised when a job spec cannot be read or breaks a rule of the format."""
+    """Raised when a job spec cannot be read or breaks a rule of the format; ``document`` is
+    what was read when it is not a valid spec (to name the places of its errors)."""
+
+    def __init__(self, message: str, *, document: Any = None) -> None:
+        super().__init__(message)
+        self.document = document
 
 
 def check_name(kind: str, value: str) -> str:

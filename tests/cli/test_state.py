@@ -15,14 +15,16 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
+from pydantic import ValidationError
 from rich.console import Console
 
-from broker_net.cli_errors import CliError, explain, first_error, one_line
+from broker_net.cli_errors import CliError, explain, first_error, one_line, validation_summary
 from broker_net.errors import ConnectionLostError
 from broker_net.memory import MemoryBroker, MemoryTransport
 from researcher.cli.main import _status_table
 from researcher.cli.status import NodeStatus
 from researcher.errors import NodesMissingError
+from researcher.orchestration.model_specs import ModelRef
 from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.requests.router import Requests
@@ -209,3 +211,12 @@ def test_errors_are_unwrapped_and_passwords_masked() -> None:
     named = CliError("what to do", 2)
     assert first_error(ExceptionGroup("tasks", [lost, named])) is named
     assert one_line("a\n  b  c") == "a b c"
+
+
+def test_a_unions_branch_errors_are_one_problem_at_the_users_place() -> None:
+    document = {"model": "worst", "colour": "red"}
+    with pytest.raises(ValidationError) as raised:
+        ModelRef.model_validate(document)
+    wanted = "model: must be 'final', 'best' or a whole number (got 'worst') (and 1 more problem)"
+    assert validation_summary(raised.value) == wanted  # branch names left out by their look
+    assert validation_summary(raised.value, document) == wanted

@@ -69,11 +69,16 @@ class JobTable(StoreDatabase):
         found = [job_from_row(row) for row in rows]
         return [job for job in found if states is None or job.state in states]
 
-    def recent_jobs(self, limit: int) -> list[JobSummary]:
-        """The newest ``limit`` jobs without their specs, newest first: a cheap listing."""
+    def recent_jobs(
+        self, limit: int | None = None, states: Sequence[State] | None = None
+    ) -> list[JobSummary]:
+        """The newest ``limit`` jobs (every one by default; only those in ``states`` if given)
+        without their specs, newest first: a cheap listing."""
+        where = f"WHERE state IN ({', '.join('?' * len(states))}) " if states else ""
         rows = self._query(
-            f"SELECT {JOB_SUMMARY_COLUMNS} FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            (max(0, limit),),
+            f"SELECT {JOB_SUMMARY_COLUMNS} FROM jobs {where}"
+            "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*(state.value for state in states or ()), -1 if limit is None else max(0, limit)),
         )
         return [summary_from_row(row) for row in rows]
 

@@ -63,13 +63,7 @@ class JobRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON (the spec left out)."""
-        return {
-            "job_id": self.job_id, "name": self.name, "state": self.state.value,
-            "reason": self.reason, "priority": self.priority,
-            "researcher_id": self.researcher_id, "created_at": self.created_at,
-            "updated_at": self.updated_at, "owner": self.owner, "orphaned": self.orphaned,
-            "nodes": self.nodes, "datasets": self.datasets,
-        }  # fmt: skip
+        return _job_dict(self)
 
 
 @dataclass(frozen=True)
@@ -87,11 +81,25 @@ class JobSummary:
     owner: str | None
     heartbeat_at: str | None
     nodes: list[str] | None
+    datasets: dict[str, str] | None
 
     @property
     def orphaned(self) -> bool:
         """True when the job is waiting or running but the process running it is gone."""
         return not self.state.finished and self.owner is not None and not owner_alive(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON, as :meth:`JobRecord.as_dict`."""
+        return _job_dict(self)
+
+
+def _job_dict(job: JobRecord | JobSummary) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id, "name": job.name, "state": job.state.value, "reason": job.reason,
+        "priority": job.priority, "researcher_id": job.researcher_id,
+        "created_at": job.created_at, "updated_at": job.updated_at, "owner": job.owner,
+        "orphaned": job.orphaned, "nodes": job.nodes, "datasets": job.datasets,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,7 @@ JOB_COLUMNS = (
 #: The columns of a :class:`JobSummary`, in its order.
 JOB_SUMMARY_COLUMNS = (
     "job_id, name, state, reason, priority, researcher_id, created_at, updated_at, owner, "
-    "heartbeat_at, nodes"
+    "heartbeat_at, nodes, datasets"
 )
 #: The columns of a :class:`TaskRecord`, in its order.
 TASK_COLUMNS = (
@@ -281,6 +289,7 @@ def summary_from_row(row: tuple[Any, ...]) -> JobSummary:
         job_id=row[0], name=row[1], state=State(row[2]), reason=row[3], priority=row[4],
         researcher_id=row[5], created_at=row[6], updated_at=row[7], owner=row[8],
         heartbeat_at=row[9], nodes=json.loads(row[10]) if row[10] else None,
+        datasets=json.loads(row[11]) if row[11] else None,
     )  # fmt: skip
 
 

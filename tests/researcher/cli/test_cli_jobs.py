@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,44 @@ def test_a_queued_job_waits_with_its_reason_until_stopped(tmp_path: Path) -> Non
     assert cli.json("job", "list", "--state", "waiting") == []
 
 
+def test_jobs_are_listed_without_reading_their_specs(tmp_path: Path) -> None:
+    # A spec this version cannot read (stored by another) does not stop the listing.
+    cli = Cli(tmp_path / "researcher")
+    spec = analytics_job("unreadable", priority=2).export(tmp_path)
+    queued = cli.json("job", "submit", str(spec), "--queue-only")
+    with sqlite3.connect(tmp_path / "researcher" / "jobs.sqlite") as db:
+        db.execute("UPDATE jobs SET spec = 'version: 99'")
+    listed = cli.json("job", "list", "--state", "waiting")
+    assert listed == [queued]
+    table = cli("job", "list").stdout
+    assert queued["job_id"] in table and "unreadable: queued" in table and "waiting" in table
+
+
 def test_a_spec_with_mistakes_is_refused_before_anything_runs(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "researcher")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\n")
     assert "invalid job spec" in cli("job", "submit", str(bad), code=2).stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "line"),
+    [
+        ("  initial_model: {model: worst}\n",
+         "tasks[4].initial_model.model: must be 'final', 'best' or a whole number (got 'worst')"),
+        ("  strategy: {name: FedFoo}\n",
+         "tasks[4].strategy.name: must be 'fedavg', 'fedadagrad', 'fedadam', 'fedyogi', "
+         "'fedprox' or 'scaffold' (got 'FedFoo')"),
+        ("  rounds: two\n", "tasks[4].rounds: must be a whole number (got 'two')"),
+        ("  nodes: [1, site-2]\n", "tasks[4].nodes[0]: must be a text (got 1)"),
+    ],
+)  # fmt: skip
+def test_a_spec_mistake_is_named_by_its_place_and_what_is_allowed(
+    tmp_path: Path, mistake: str, line: str
+) -> None:
+    cli = Cli(tmp_path / "researcher")
+    spec = training_job("mistaken", rounds=2, parallelism=1).export(tmp_path)
+    text = spec.read_text().replace("  rounds: 2\n", mistake + "  rounds: 2\n", 1)
+    spec.write_text(text.replace("  rounds: 2\n", "", 1) if "rounds" in mistake else text)
+    refused = cli("job", "submit", str(spec), "--queue-only", code=2)
+    assert refused.stderr == f"error: invalid job spec: {line}\n"

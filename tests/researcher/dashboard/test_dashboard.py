@@ -3,6 +3,7 @@ token gate of its app, and its command's one-line failures."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,9 @@ from researcher.orchestration.lifecycle import State
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import NodeResult, ProgressRecord, RoundRow
 from researcher.settings import ResearcherSettings
+from tests.conftest import MANAGEMENT_URL
 from tests.researcher.orchestration.test_scheduler import network, scheduler_for, training_job
+from tests.support.dashboard_process import dashboard_process
 from tests.support.processes import ROOT
 
 TOKEN = "the-right-token"
@@ -301,3 +304,38 @@ def test_the_command_fails_in_one_line(
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert line.replace("{busy}", port) in done.stderr.lower()
     assert done.stdout == ""
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(
+    ("stop", "serving"),
+    [(signal.SIGTERM, True), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-at-once"],
+)
+def test_the_command_stops_cleanly_on_sigterm_and_ctrl_c(
+    tmp_path: Path, amqp_url: str, namespace: str, stop: signal.Signals, serving: bool
+) -> None:
+    with JobStore(tmp_path / "researcher") as store:
+        spec = training_job("shown", rounds=1, parallelism=1).spec
+        job = store.create_job(spec, researcher_id="alice")
+    env = {
+        "BROKER_NET_RESEARCHER_AMQP_URL": amqp_url,
+        "BROKER_NET_RESEARCHER_NAMESPACE": namespace,
+        "BROKER_NET_RESEARCHER_MANAGEMENT_URL": MANAGEMENT_URL,
+        "BROKER_NET_RESEARCHER_DATA_DIR": str(tmp_path / "researcher"),
+        "BROKER_NET_RESEARCHER_SECURITY": "false",
+    }
+    with dashboard_process(env, "--interval", "0.5") as dashboard:
+        if serving:  # its page shows the store; its watch on the broker started
+            snapshot = httpx.get(f"{dashboard.base}/snapshot.json",
+                                 params={"token": dashboard.token}, timeout=30).json()  # fmt: skip
+            assert [j["job_id"] for j in snapshot["store"]["jobs"]] == [job.job_id]
+        dashboard.process.send_signal(stop)
+        code = dashboard.process.wait(timeout=30)
+        assert dashboard.process.stderr is not None and dashboard.process.stdout is not None
+        stderr, stdout = dashboard.process.stderr.read(), dashboard.process.stdout.read()
+    assert code == 0, stderr
+    assert stderr == "dashboard stopped\n"
+    assert stdout == ""  # only the URL, read before
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(dashboard.base, timeout=5)

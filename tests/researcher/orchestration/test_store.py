@@ -126,6 +126,20 @@ def test_recent_jobs_list_the_newest_without_their_specs(store: JobStore) -> Non
     assert not hasattr(newest, "spec")
 
 
+def test_recent_jobs_list_every_job_or_those_in_some_states_as_jobs_do(store: JobStore) -> None:
+    jobs = [store.create_job(_spec(f"job-{n}"), researcher_id="alice") for n in range(3)]
+    store.set_job_state(jobs[1].job_id, State.RUNNING, "running on n1")
+    store.set_job_nodes(jobs[1].job_id, ["n1"], {"n1": "data"})
+
+    assert [j.as_dict() for j in store.recent_jobs()] == [j.as_dict() for j in store.jobs()]
+    running = store.recent_jobs(states=[State.RUNNING])
+    assert [j.as_dict() for j in running] == [store.job(jobs[1].job_id).as_dict()]
+    assert running[0].datasets == {"n1": "data"}
+    both = store.recent_jobs(1, states=[State.WAITING, State.RUNNING])
+    assert [j.job_id for j in both] == [jobs[2].job_id]
+    assert store.recent_jobs(states=[State.SUCCESS]) == []
+
+
 def test_in_flight_requests_are_recorded_for_a_resume(store: JobStore) -> None:
     job = store.create_job(_spec(), researcher_id="alice")
     sent = datetime(2030, 1, 1, tzinfo=UTC)
