@@ -131,7 +131,7 @@ def validation_summary(exc: ValidationError, document: Any = None) -> str:
     for error in exc.errors():
         problems.setdefault(_user_path(error, document), []).append(error)
     for place, errors in list(problems.items()):
-        # A branch that failed inside (nodes[0]: must be a text) says more than the others
+        # A branch that failed inside (nodes[0]: must be a string) says more than the others
         # failing whole at its place (nodes: must be 'all').
         inside = any(len(other) > len(place) and other[: len(place)] == place for other in problems)
         kept = [e for e in errors if not (inside and e["loc"] and e["loc"][-1:] != place[-1:])]
@@ -147,7 +147,7 @@ def validation_summary(exc: ValidationError, document: Any = None) -> str:
 
 _NOT_A_KEY = re.compile(r"[^\w.-]|^(int|float|str|bool|none|list|dict)$")
 _EXPECTED = {
-    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "a text",
+    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "a string",
     "list": "a list", "dict": "a mapping", "model": "a mapping", "none": "empty",
 }  # fmt: skip
 

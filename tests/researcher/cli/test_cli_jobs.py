@@ -166,7 +166,7 @@ def test_a_spec_with_mistakes_is_refused_before_anything_runs(tmp_path: Path) ->
          "tasks[4].strategy.name: must be 'fedavg', 'fedadagrad', 'fedadam', 'fedyogi', "
          "'fedprox' or 'scaffold' (got 'FedFoo')"),
         ("  rounds: two\n", "tasks[4].rounds: must be a whole number (got 'two')"),
-        ("  nodes: [1, site-2]\n", "tasks[4].nodes[0]: must be a text (got 1)"),
+        ("  nodes: [1, site-2]\n", "tasks[4].nodes[0]: must be a string (got 1)"),
     ],
 )  # fmt: skip
 def test_a_spec_mistake_is_named_by_its_place_and_what_is_allowed(
