@@ -23,6 +23,8 @@ from broker_net.transport import Body
 
 FILE_BODY_SIZE = 1024**2
 """Persisted replies of this many bytes or more are kept in files of their own."""
+ORPHAN_AGE = 3600.0
+"""Seconds after which a body file that no row names is removed when the store opens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,21 @@ class ReplyStore(SqliteStore):
         ).fetchall():
             (self._files / name).unlink(missing_ok=True)
         conn.execute("DELETE FROM replies WHERE stored_at < ?", (expired,))
+        self._remove_orphans(conn)
+
+    def _remove_orphans(self, conn: sqlite3.Connection) -> None:
+        """Remove body files no row names (a crash between a file and its row, or a partial
+        file): only those an hour old, so a file being written by another process stays."""
+        if not self._files.is_dir():
+            return
+        named = {row[0] for row in conn.execute("SELECT body_file FROM replies")}
+        old = time.time() - ORPHAN_AGE
+        for file in self._files.iterdir():
+            try:
+                if file.name not in named and file.stat().st_mtime < old:
+                    file.unlink()
+            except FileNotFoundError:
+                pass
 
     def remember(self, request_id: str, reply: StoredReply) -> None:
         """Keep ``reply`` in memory."""

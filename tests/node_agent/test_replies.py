@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -98,3 +99,19 @@ def test_request_ids_never_name_paths(tmp_path: Path):
         store.persist("../../escape", _reply(_large_parts()))
         assert store.get("../../escape") is not None
     assert [p.parent for p in tmp_path.rglob("*.reply")] == [tmp_path / "data" / "replies-bodies"]
+
+
+def test_body_files_no_row_names_are_removed_once_old(tmp_path: Path):
+    with ReplyStore(tmp_path / "replies.sqlite") as store:
+        store.persist("kept", _reply(_large_parts()))
+    bodies = tmp_path / "replies-bodies"
+    (kept,) = bodies.iterdir()
+    old_orphan, new_orphan = bodies / "crash.reply.partial", bodies / "writing.reply.partial"
+    for file in (old_orphan, new_orphan):
+        file.write_bytes(b"x")
+    hour_ago = time.time() - 2 * 3600
+    os.utime(old_orphan, (hour_ago, hour_ago))
+    os.utime(kept, (hour_ago, hour_ago))
+    with ReplyStore(tmp_path / "replies.sqlite") as store:
+        assert store.get("kept") is not None
+    assert sorted(p.name for p in bodies.iterdir()) == sorted([kept.name, new_orphan.name])
