@@ -18,7 +18,9 @@ from broker_net.topology import Topology
 from node_agent.plans import PlanRegistry
 from researcher.orchestration.fedjob import JobResult
 from researcher.orchestration.lifecycle import State
+from researcher.orchestration.model_specs import EvaluationSpec
 from researcher.orchestration.store.job_store import JobStore
+from researcher.orchestration.trained_models import EVALUATION_SLOT
 from simulation.federation import simulate_async
 from tests.conftest import ADMIN, MANAGEMENT_URL
 from tests.researcher.orchestration.test_fedjob_broker import (
@@ -50,15 +52,17 @@ def approve_in_advance(federation: Federation, source: str) -> None:
             plans.approve(plans.register(source, description="reviewed").plan_id)
 
 
-async def wait_for_round_in_flight(store: JobStore, job_id: str | None = None) -> str:
-    """Wait until round ``KILL_IN_ROUND`` went to every node and none has answered."""
+async def wait_for_round_in_flight(
+    store: JobStore, job_id: str | None = None, slot: str = f"round-{KILL_IN_ROUND}"
+) -> str:
+    """Wait until the request of ``slot`` went to every node and none has answered."""
     with anyio.fail_after(45):
         while True:
             jobs = store.jobs()
             if jobs:
                 job_id = jobs[0].job_id
                 task = store.task(job_id, "train")
-                flight = store.in_flight(job_id, "train", task.attempt, f"round-{KILL_IN_ROUND}")
+                flight = store.in_flight(job_id, "train", task.attempt, slot)
                 if flight and len(flight.sent_at) == len(NODES) and not flight.answered:
                     return job_id
             await anyio.sleep(0.01)
@@ -126,3 +130,55 @@ async def test_a_researcher_killed_mid_round_resumes_and_loses_no_reply(
         assert history.count(("train", State.RUNNING)) == 1
         resumed_result = JobResult.from_store(store, job_id)
     assert_same_results(resumed_result, await simulate_async(job, len(NODES)))
+
+
+async def test_a_researcher_killed_mid_evaluation_resumes_with_every_evaluation_once(
+    federation: Federation, rabbitmq_vhost: str, tmp_path: Path
+) -> None:
+    # Training and evaluation rounds alternate; the kill comes while the evaluation of round
+    # KILL_IN_ROUND is with the nodes. Resumed, the job evaluates every round once, from the
+    # replies the dead researcher left in its queue, and picks the same best model.
+    evaluation = EvaluationSpec(every=1, metric="accuracy")
+    job = training_job("evaluated", rounds=ROUNDS, min_nodes=len(NODES), evaluation=evaluation)
+    approve_in_advance(federation, job.spec.plans["BreastCancerPlan"].source)
+    spec = job.export(tmp_path / "job.yaml")
+    slot = f"{EVALUATION_SLOT}{KILL_IN_ROUND}"
+    researcher = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once)
+        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
+        env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with JobStore(federation.researcher_dir) as store:
+            job_id = await wait_for_round_in_flight(store, slot=slot)
+            researcher.send_signal(signal.SIGKILL)
+            await anyio.to_thread.run_sync(researcher.wait, 10)
+            before = store.in_flight(job_id, "train", 1, slot)
+            assert before is not None
+    finally:
+        if researcher.poll() is None:
+            researcher.kill()
+
+    resumed = await federation.cli("job", "resume", job_id)
+
+    assert resumed["state"] == "success", resumed["reason"]
+    with JobStore(federation.researcher_dir) as store:
+        train = store.task(job_id, "train")
+        assert train.state is State.SUCCESS and train.attempt == 1, train.reason
+        evaluations = [
+            r for r in store.node_results(job_id, "train", all_attempts=True)
+            if r["slot"].startswith(EVALUATION_SLOT)
+        ]  # fmt: skip
+        for number in range(1, ROUNDS + 1):
+            answers = [r for r in evaluations if r["round"] == number]
+            assert sorted(r["node_id"] for r in answers) == NODES, number
+            assert {r["status"] for r in answers} == {"SUCCESS"}, number
+        killed = [r for r in evaluations if r["round"] == KILL_IN_ROUND]
+        assert {r["request_id"] for r in killed} == {before.request_id}
+        resumed_result = JobResult.from_store(store, job_id)
+    simulated = await simulate_async(job, len(NODES))
+    assert_same_results(resumed_result, simulated)
+    mine, theirs = resumed_result.outputs["train"], simulated.outputs["train"]
+    assert [e["round"] for e in mine["evaluations"]] == list(range(1, ROUNDS + 1))
+    for evaluated, reference in zip(mine["evaluations"], theirs["evaluations"], strict=True):
+        assert evaluated["metrics"] == pytest.approx(reference["metrics"], rel=1e-9)
+    assert mine["best"]["round"] == theirs["best"]["round"]

@@ -25,6 +25,7 @@ from node_agent.handlers import HANDLERS, Handler
 from node_agent.settings import NodeSettings
 from researcher.orchestration.fedjob import FedJob
 from researcher.orchestration.lifecycle import State
+from researcher.orchestration.model_specs import EvaluationSpec
 from researcher.orchestration.scheduler import Scheduler, stop_job
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.task_specs import (
@@ -118,8 +119,11 @@ def scheduler_for(root: Path, requests: Requests, store: JobStore, **kwargs: Any
     return Scheduler(store, requests, approver=operator(root / "nodes"), discovery=0, **kwargs)
 
 
-def training_job(name: str = "dag", rounds: int = 2, **settings: Any) -> FedJob:
-    """Approval and check, analytics, standardisation with its statistics, then training."""
+def training_job(
+    name: str = "dag", rounds: int = 2, evaluation: EvaluationSpec | None = None, **settings: Any
+) -> FedJob:
+    """Approval and check, analytics, standardisation with its statistics, then training
+    (with ``evaluation`` rounds if given)."""
     job = FedJob(name, **settings)
     plan = job.plan(BreastCancerPlan)
     job.to_nodes(PlanApprovalTask(name="approve", plan=plan))
@@ -137,7 +141,7 @@ def training_job(name: str = "dag", rounds: int = 2, **settings: Any) -> FedJob:
     job.to_nodes(
         TrainingTask(
             name="train", plan=plan, rounds=rounds, depends_on=["check"],
-            training_args=TRAINING_ARGS,
+            training_args=TRAINING_ARGS, evaluation=evaluation,
             inputs={"state_ids": scale.output("state_ids"),
                     "model_args.n_features": stats.output("n_features")},
         )
