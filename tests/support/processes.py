@@ -6,13 +6,21 @@ import os
 import selectors
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+
+import anyio.to_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class AgentProcesses:
-    """Node agents started as separate processes; :meth:`stop_all` ends them."""
+    """Node agents started as separate processes; :meth:`stop_all` ends them.
+
+    The plain methods block. A test whose event loop runs a researcher or an agent uses the
+    ``a``-prefixed ones, which block a worker thread instead: the loop goes on taking
+    heartbeats and replies while an agent starts or stops.
+    """
 
     def __init__(self, amqp_url: str, namespace: str, base_dir: Path) -> None:
         self.amqp_url = amqp_url
@@ -82,3 +90,31 @@ class AgentProcesses:
                 process.wait(timeout=5)
             if process.stdout is not None:
                 process.stdout.close()
+
+    async def astart(
+        self, node_id: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """:meth:`start` in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            partial(self.start, node_id, *extra, wait=wait, env=env)
+        )
+
+    async def astart_all(
+        self, node_ids: list[str], *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        """:meth:`start_all` in a worker thread."""
+        await anyio.to_thread.run_sync(partial(self.start_all, node_ids, *extra, env=env))
+
+    async def akill(self, node_id: str) -> None:
+        """:meth:`kill` in a worker thread."""
+        await anyio.to_thread.run_sync(self.kill, node_id)
+
+    async def astop(self, node_id: str, timeout: float = 20.0) -> int:
+        """SIGTERM an agent and wait (in a worker thread) until it exits; its exit code."""
+        process = self.processes[node_id]
+        process.terminate()
+        return await anyio.to_thread.run_sync(partial(process.wait, timeout=timeout))
+
+    async def astop_all(self) -> None:
+        """:meth:`stop_all` in a worker thread."""
+        await anyio.to_thread.run_sync(self.stop_all)

@@ -41,10 +41,7 @@ async def test_nodes_of_different_speeds_joining_and_dying_account_for_every_upd
         node: register_demo_shard(tmp_path / node, index, len(NODES))[0].dataset_id
         for index, node in enumerate(NODES)
     }
-    agents.start(FAST, "--train-delay", str(DELAY), wait=False, env=NO_APPROVAL)
-    agents.start(DOOMED, "--train-delay", str(DELAY), wait=False, env=NO_APPROVAL)
-    for node in (FAST, DOOMED):
-        agents.wait_ready(node)
+    await agents.astart_all([FAST, DOOMED], "--train-delay", str(DELAY), env=NO_APPROVAL)
     await requests.wait_for_nodes([FAST, DOOMED], timeout=20)
 
     sent: list[tuple[str, str, int]] = []

@@ -176,9 +176,8 @@ async def test_scaffold_with_encrypted_control_variates_persisted_on_the_nodes(
         )
 
     # The node's c_i outlives its agent: after a restart, round 3 starts from it.
-    agents.processes["n1"].terminate()
-    agents.processes["n1"].wait(timeout=15)
-    agents.start("n1", "--security")
+    await agents.astop("n1", timeout=15)
+    await agents.astart("n1", "--security")
     await requests.wait_for_nodes(NODES, timeout=30)
     before = _kept(tmp_path, "n1", experiment.experiment_id, datasets["n1"])
     await experiment.run_round(3)

@@ -53,8 +53,7 @@ async def test_federated_statistics_equal_numpy_on_the_pooled_data(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     datasets, pooled = _shards(tmp_path)
-    for node in NODES:
-        agents.start(node)
+    await agents.astart_all(NODES)
     edges = [0.0, 5.0, 10.0, 20.0, 30.0, 60.0]
 
     result = await FARequestJob(
@@ -83,7 +82,7 @@ async def test_federated_statistics_equal_numpy_on_the_pooled_data(
 async def test_an_unknown_dataset_is_a_clear_error(
     agents: AgentProcesses, requests: Requests
 ) -> None:
-    agents.start("n1")
+    await agents.astart("n1")
     with pytest.raises(NodeErrorReply) as raised:
         await FARequestJob(
             requests, experiment_id="e", fa_id="fa", datasets={"n1": "dataset_missing"},
@@ -109,7 +108,7 @@ async def test_an_unapproved_plan_is_never_executed(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     datasets, _ = _shards(tmp_path)
-    agents.start("n1")
+    await agents.astart("n1")
     marker = tmp_path / "marker"
     source = MARKER_PLAN.format(marker=str(marker))
 
@@ -139,7 +138,7 @@ async def test_an_approved_plan_trains(
 ) -> None:
     datasets, _ = _shards(tmp_path)
     source = plan_source(BreastCancerPlan)
-    agents.start("n2")
+    await agents.astart("n2")
     submitted = await TrainingPlanApproveJob(
         requests, training_plan=source, description="d", nodes=["n2"]
     ).execute()
@@ -190,7 +189,7 @@ async def test_a_plan_that_raises_or_hangs_gives_an_error_and_the_node_keeps_ans
 ) -> None:
     datasets, _ = _shards(tmp_path)
     env = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false", "BROKER_NET_NODE_PLAN_TIMEOUT": "3"}
-    agents.start("n3", env=env)
+    await agents.astart("n3", env=env)
     fitted = await PreprocRequestJob(
         requests, experiment_id="e", preproc_id="impute", datasets={"n3": datasets["n3"]},
         preproc_type=PreprocType.IMPUTE, preproc_step=PreprocStep.FIT,
@@ -211,7 +210,7 @@ async def test_preprocessing_state_survives_an_agent_restart(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     datasets, _ = _shards(tmp_path)
-    first = agents.start("n1")
+    await agents.astart("n1")
     fitted = await PreprocRequestJob(
         requests, experiment_id="e", preproc_id="std", datasets={"n1": datasets["n1"]},
         preproc_type=PreprocType.STANDARDIZE, preproc_step=PreprocStep.FIT,
@@ -220,9 +219,8 @@ async def test_preprocessing_state_survives_an_agent_restart(
     state_id = fitted.state_ids["n1"]
     assert state_id
 
-    first.terminate()
-    first.wait(timeout=20)
-    agents.start("n1")
+    await agents.astop("n1")
+    await agents.astart("n1")
     applied = await PreprocRequestJob(
         requests, experiment_id="e", preproc_id="std", datasets={"n1": datasets["n1"]},
         preproc_type=PreprocType.STANDARDIZE, preproc_step=PreprocStep.APPLY,

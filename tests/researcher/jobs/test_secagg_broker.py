@@ -191,7 +191,7 @@ async def test_an_experiment_recovers_from_a_node_killed_after_setup(
     assert first.secure_aggregation and first.nodes == NODES
     before = dict(experiment.params)
 
-    agents.kill("n3")
+    await agents.akill("n3")
     second = await experiment.run_round(2)
 
     assert second.secure_aggregation and second.nodes == ["n1", "n2"]

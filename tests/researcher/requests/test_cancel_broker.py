@@ -54,15 +54,13 @@ class SlowPlan(LogisticRegressionPlan):
 NO_APPROVAL = {"BROKER_NET_NODE_REQUIRE_APPROVAL": "false"}
 
 
-def _start(agents: AgentProcesses, tmp_path: Path, nodes: list[str]) -> dict[str, str]:
+async def _start(agents: AgentProcesses, tmp_path: Path, nodes: list[str]) -> dict[str, str]:
     """Start agents holding a demo shard each; return their dataset ids."""
     datasets = {}
     for index, node in enumerate(nodes):
         entry, _ = register_demo_shard(tmp_path / node, index, len(nodes))
         datasets[node] = entry.dataset_id
-        agents.start(node, wait=False, env=NO_APPROVAL)
-    for node in nodes:
-        agents.wait_ready(node)
+    await agents.astart_all(nodes, env=NO_APPROVAL)
     return datasets
 
 
@@ -134,7 +132,7 @@ async def test_stop_on_error_stops_the_nodes_still_training(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     nodes = ["n1", "n2", "n3"]
-    datasets = _start(agents, tmp_path, nodes)
+    datasets = await _start(agents, tmp_path, nodes)
     seen: dict[str, int] = {}
 
     async def watch() -> None:
@@ -175,7 +173,7 @@ async def test_a_task_timeout_stops_the_nodes(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     nodes = ["n1", "n2"]
-    _start(agents, tmp_path, nodes)
+    await _start(agents, tmp_path, nodes)
     await requests.wait_for_nodes(nodes, timeout=10)
     with JobStore(tmp_path / "researcher") as store:
         scheduler = Scheduler(store, requests, discovery=0)
@@ -195,7 +193,7 @@ async def test_a_stopped_job_stops_the_nodes(
     agents: AgentProcesses, requests: Requests, tmp_path: Path
 ) -> None:
     nodes = ["n1", "n2"]
-    _start(agents, tmp_path, nodes)
+    await _start(agents, tmp_path, nodes)
     await requests.wait_for_nodes(nodes, timeout=10)
     with JobStore(tmp_path / "researcher") as store:
         scheduler = Scheduler(store, requests, discovery=0, poll_interval=0.1)
@@ -223,7 +221,7 @@ async def test_cancels_of_finished_foreign_and_early_requests_are_harmless(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     runs = tmp_path / "runs"
-    agents.start("n1", "--delay", "1", "--runs-file", str(runs))
+    await agents.astart("n1", "--delay", "1", "--runs-file", str(runs))
     # Finished work: nothing to stop.
     done = await requests.request(PingRequest(researcher_id="alice"), ["n1"],
                                   [DiscardOnTimeout(10)])  # fmt: skip

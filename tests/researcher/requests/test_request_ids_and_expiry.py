@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 async def test_the_message_request_id_is_the_one_on_the_wire(
     agents: AgentProcesses, requests: Requests
 ) -> None:
-    agents.start("n1")
+    await agents.astart("n1")
     ping = PingRequest(researcher_id="alice")
     fed = await requests.request(ping, ["n1"], [DiscardOnTimeout(5)])
     assert fed.request_id == ping.request_id
@@ -33,7 +33,7 @@ async def test_the_message_request_id_is_the_one_on_the_wire(
 
 
 async def test_an_explicit_request_id_wins(agents: AgentProcesses, requests: Requests) -> None:
-    agents.start("n1")
+    await agents.astart("n1")
     fed = await requests.request(
         PingRequest(researcher_id="alice"), ["n1"], [DiscardOnTimeout(5)], request_id="request_x1"
     )
