@@ -5,8 +5,6 @@ flight are resumed from the durable reply queue, and every update ends settled."
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +20,11 @@ from tests.researcher.orchestration.test_fedjob_broker import (
     Federation,
     running_federation,
 )
-from tests.researcher.orchestration.test_resume import approve_in_advance, queued_replies
-from tests.support.processes import ROOT
+from tests.researcher.orchestration.test_resume import (
+    approve_in_advance,
+    queued_replies,
+    submit_in_background,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 
@@ -67,10 +68,7 @@ async def test_asynchronous_training_killed_mid_job_resumes_from_the_reply_queue
     approve_in_advance(federation, job.spec.plans["BreastCancerPlan"].source)
     spec = job.export(tmp_path / "job.yaml")
 
-    researcher = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once)
-        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
-        env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    researcher = submit_in_background(federation, spec)
     try:
         with JobStore(federation.researcher_dir) as store:
             job_id, in_flight = await wait_for_requests_in_flight(store)

@@ -52,6 +52,14 @@ def approve_in_advance(federation: Federation, source: str) -> None:
             plans.approve(plans.register(source, description="reviewed").plan_id)
 
 
+def submit_in_background(federation: Federation, spec: Path) -> subprocess.Popen[bytes]:
+    """``researcher job submit`` of ``spec`` in a process of its own, for a test to kill."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
+        env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def wait_for_round_in_flight(
     store: JobStore, job_id: str | None = None, slot: str = f"round-{KILL_IN_ROUND}"
 ) -> str:
@@ -83,10 +91,7 @@ async def test_a_researcher_killed_mid_round_resumes_and_loses_no_reply(
     approve_in_advance(federation, job.spec.plans["BreastCancerPlan"].source)
     spec = job.export(tmp_path / "job.yaml")
 
-    researcher = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once)
-        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
-        env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    researcher = submit_in_background(federation, spec)
     try:
         with JobStore(federation.researcher_dir) as store:
             job_id = await wait_for_round_in_flight(store)
@@ -143,10 +148,7 @@ async def test_a_researcher_killed_mid_evaluation_resumes_with_every_evaluation_
     approve_in_advance(federation, job.spec.plans["BreastCancerPlan"].source)
     spec = job.export(tmp_path / "job.yaml")
     slot = f"{EVALUATION_SLOT}{KILL_IN_ROUND}"
-    researcher = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once)
-        [sys.executable, "-m", "researcher.cli.jobs", "job", "submit", str(spec)],
-        env=federation.env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    researcher = submit_in_background(federation, spec)
     try:
         with JobStore(federation.researcher_dir) as store:
             job_id = await wait_for_round_in_flight(store, slot=slot)
