@@ -43,15 +43,23 @@ class OutgoingMessage:
     @property
     def size(self) -> int:
         """The body's length in bytes."""
-        if isinstance(self.body, bytes):
-            return len(self.body)
-        return sum(memoryview(part).nbytes for part in self.body)
+        return body_size(self.body)
 
     def body_bytes(self) -> bytes:
         """The body as one bytes object (joined if it is in parts)."""
-        if isinstance(self.body, bytes):
-            return self.body
-        return b"".join(self.body)
+        return joined_body(self.body)
+
+
+def body_size(body: Body) -> int:
+    """The length in bytes of ``body``, whole or in parts."""
+    if isinstance(body, bytes):
+        return len(body)
+    return sum(memoryview(part).nbytes for part in body)
+
+
+def joined_body(body: Body) -> bytes:
+    """``body`` as one bytes object (joined if it is in parts)."""
+    return body if isinstance(body, bytes) else b"".join(body)
 
 
 @dataclass(slots=True, eq=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker_net.sqlite import SqliteStore
-from broker_net.transport import Body
+from broker_net.transport import Body, body_size, joined_body
 
 FILE_BODY_SIZE = 1024**2
 """Persisted replies of this many bytes or more are kept in files of their own."""
@@ -105,12 +105,12 @@ class ReplyStore(SqliteStore):
             if previous is not None:
                 self._recent_bytes -= len(previous.body)
             self._recent[request_id] = reply
-            self._recent_bytes += _size(reply.body)
+            self._recent_bytes += body_size(reply.body)
             while len(self._recent) > 1 and (
                 self._recent_bytes > self._memory_limit or len(self._recent) > self._memory_entries
             ):
                 _, dropped = self._recent.popitem(last=False)
-                self._recent_bytes -= _size(dropped.body)
+                self._recent_bytes -= body_size(dropped.body)
 
     def persist(self, request_id: str, reply: StoredReply) -> None:
         """Keep ``reply`` on disk only (blocking: call from a worker thread); memory holds the
@@ -122,11 +122,11 @@ class ReplyStore(SqliteStore):
         """
         blob: bytes | None = None
         name: str | None = None
-        if _size(reply.body) >= FILE_BODY_SIZE:
+        if body_size(reply.body) >= FILE_BODY_SIZE:
             name = hashlib.sha256(request_id.encode()).hexdigest()[:32] + ".reply"
             self._write_file(name, reply.body)
         else:
-            blob = reply.body if isinstance(reply.body, bytes) else b"".join(reply.body)
+            blob = joined_body(reply.body)
         with self._transaction() as db:
             before = db.execute(
                 "SELECT body_file FROM replies WHERE request_id = ?", (request_id,)
@@ -176,9 +176,3 @@ class ReplyStore(SqliteStore):
                 while view:
                     view = view[out.write(view) :]
         os.replace(partial, self._files / name)
-
-
-def _size(body: Body) -> int:
-    if isinstance(body, bytes):
-        return len(body)
-    return sum(memoryview(part).nbytes for part in body)

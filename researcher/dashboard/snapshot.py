@@ -22,7 +22,6 @@ from researcher.orchestration.spec import JobSpec
 from researcher.orchestration.store.job_store import JobStore
 from researcher.orchestration.store.records import (
     JobNotFoundError,
-    JobRecord,
     JobSummary,
     ProgressRecord,
     TaskRecord,
@@ -170,7 +169,7 @@ def read_job(
         JobNotFoundError: there is no such job.
     """
     now = now or datetime.now(UTC)
-    job: JobRecord | JobSummary
+    job: JobSummary
     if listed is None or spec is None:
         job = store.job(job_id)
         spec = job.spec
@@ -207,7 +206,7 @@ def read_job(
     return JobDetail(job=_job_row(job), tasks=tasks, training=training, asynchronous=asynchronous)
 
 
-def _job_row(job: JobRecord | JobSummary) -> JobRow:
+def _job_row(job: JobSummary) -> JobRow:
     return JobRow(
         job_id=job.job_id, name=job.name, state=job.state.value, reason=job.reason,
         created_at=job.created_at, updated_at=job.updated_at, nodes=list(job.nodes or []),

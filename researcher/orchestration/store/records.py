@@ -31,8 +31,8 @@ class JobNotFoundError(KeyError):
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """A job as stored.
+class JobSummary:
+    """A job as listed: what :class:`JobRecord` holds but its spec, which is slow to read.
 
     Attributes:
         reason: why the job is in its state, in words (what it waits for, why it failed).
@@ -46,13 +46,11 @@ class JobRecord:
     state: State
     reason: str
     priority: int
-    spec: JobSpec
     researcher_id: str
     created_at: str
     updated_at: str
     owner: str | None
     heartbeat_at: str | None
-    stop_requested: bool
     nodes: list[str] | None
     datasets: dict[str, str] | None
 
@@ -62,44 +60,22 @@ class JobRecord:
         return not self.state.finished and self.owner is not None and not owner_alive(self)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON (the spec left out)."""
-        return _job_dict(self)
+        """Plain data for JSON (a :class:`JobRecord`'s spec left out)."""
+        return {
+            "job_id": self.job_id, "name": self.name, "state": self.state.value,
+            "reason": self.reason, "priority": self.priority,
+            "researcher_id": self.researcher_id, "created_at": self.created_at,
+            "updated_at": self.updated_at, "owner": self.owner, "orphaned": self.orphaned,
+            "nodes": self.nodes, "datasets": self.datasets,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
-class JobSummary:
-    """A job as listed: what :class:`JobRecord` holds but its spec, which is slow to read."""
+class JobRecord(JobSummary):
+    """A job as stored: its summary, its spec and whether a stop was asked for."""
 
-    job_id: str
-    name: str
-    state: State
-    reason: str
-    priority: int
-    researcher_id: str
-    created_at: str
-    updated_at: str
-    owner: str | None
-    heartbeat_at: str | None
-    nodes: list[str] | None
-    datasets: dict[str, str] | None
-
-    @property
-    def orphaned(self) -> bool:
-        """True when the job is waiting or running but the process running it is gone."""
-        return not self.state.finished and self.owner is not None and not owner_alive(self)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON, as :meth:`JobRecord.as_dict`."""
-        return _job_dict(self)
-
-
-def _job_dict(job: JobRecord | JobSummary) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id, "name": job.name, "state": job.state.value, "reason": job.reason,
-        "priority": job.priority, "researcher_id": job.researcher_id,
-        "created_at": job.created_at, "updated_at": job.updated_at, "owner": job.owner,
-        "orphaned": job.orphaned, "nodes": job.nodes, "datasets": job.datasets,
-    }  # fmt: skip
+    spec: JobSpec
+    stop_requested: bool
 
 
 @dataclass(frozen=True)
@@ -232,7 +208,7 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def owner_alive(job: JobRecord | JobSummary) -> bool:
+def owner_alive(job: JobSummary) -> bool:
     """Whether the process named as the job's owner still runs.
 
     On this host the process id decides; for another host, a heartbeat newer than
