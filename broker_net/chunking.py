@@ -176,8 +176,10 @@ async def publish_chunked(
         CHUNK_SIZE: chunk_size,
         TRANSFER_SIZE: size,
     }
+    digest_header = TRANSFER_SHA256  # the form of protocol 1.1, for older receivers
     if chunking.transfer_hash != SHA256:
         headers[TRANSFER_HASH] = chunking.transfer_hash
+        digest_header = TRANSFER_DIGEST
     hasher = new_hasher(chunking.transfer_hash)
     window = anyio.Semaphore(chunking.publish_window)
 
@@ -196,7 +198,6 @@ async def publish_chunked(
             await window.acquire()
             chunk_headers = {**headers, CHUNK_INDEX: index}
             if index == count - 1:
-                digest_header = TRANSFER_SHA256 if TRANSFER_HASH not in headers else TRANSFER_DIGEST
                 chunk_headers[digest_header] = hasher.hexdigest()
             group.start_soon(send, body, chunk_headers)
 
